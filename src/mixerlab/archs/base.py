@@ -1,0 +1,58 @@
+"""What every mixerlab architecture shares: init, pretrained_cfg, weight-decay exclusions and the
+parts of timm's model contract that do not depend on the macro-architecture."""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch import nn
+
+from ..config import ModelConfig
+from ..mixers import Mixer
+
+# Parameters that are tables, not weights: excluded from weight decay (with all 1-D params).
+NO_DECAY_PATTERNS = ("*pos_embed*", "*cls_token*", "*relative_position_bias_table*", "*rel_*")
+
+
+def pretrained_cfg_for(cfg: ModelConfig, classifier: str, first_conv: str) -> dict[str, Any]:
+    h, w = cfg.image_hw
+    if cfg.mean is not None and cfg.std is not None:
+        mean, std = tuple(cfg.mean), tuple(cfg.std)
+    elif cfg.in_chans == 3:
+        mean, std = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    else:  # no published statistics: centre [0, 1] pixels; data code may override per dataset
+        mean, std = (0.5,) * cfg.in_chans, (0.5,) * cfg.in_chans
+    return {"input_size": (cfg.in_chans, h, w), "mean": mean, "std": std, "num_classes": cfg.num_classes,
+            "first_conv": first_conv, "classifier": classifier, "crop_pct": 0.875 if h >= 128 else 1.0,
+            "interpolation": "bicubic", "fixed_input_size": False, "license": "apache-2.0"}
+
+
+class MixerNet(nn.Module):
+    """Base class of mixerlab backbones (holds the config and timm's bookkeeping)."""
+
+    config: ModelConfig
+    feature_info: list[dict[str, Any]]
+
+    def _init_weights(self) -> None:
+        """Truncated normal (std .02) for conv / linear weights, zero biases (SPEC 3), then each
+        mixer's own special init (zero-initialised offsets and the like) on top."""
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        for m in self.modules():
+            if isinstance(m, Mixer):
+                m.init_weights()
+
+    def no_weight_decay(self) -> set[str]:
+        return {n for n, _ in self.named_parameters() if any(fnmatch.fnmatch(n, p) for p in NO_DECAY_PATTERNS)}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def mixers(self) -> list[tuple[str, Mixer]]:
+        """Every spatial token mixer with its qualified name, in forward order."""
+        return [(n, m) for n, m in self.named_modules() if isinstance(m, Mixer)]

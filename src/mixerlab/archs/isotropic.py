@@ -1,0 +1,150 @@
+"""Isotropic backbones: one stage of blocks at stride p (ViT; Dosovitskiy et al., 2021; Xiao et al., 2021).
+
+    tokens = Stem(x)                                 patchify or convolutional stem, (B, H/p, W/p, C)
+    tokens = [cls; flatten(tokens)] + pos_embed      with ``class_token`` (sequence mixers only)
+    tokens = Blocks(tokens); tokens = LN(tokens)
+    logits = Linear(tokens[:, 0])  ('token')  or  Linear(mean(tokens))  ('avg')
+
+Without a class token the grid stays ``(B, H, W, C)``, so grid mixers (windows, convolutions) also
+work isotropically. The learned position table is resampled (bicubic) when the input size differs
+from ``img_size``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from timm.layers import resample_abs_pos_embed, resample_abs_pos_embed_nhwc
+from timm.models import checkpoint_seq
+from timm.models._features import feature_take_indices
+from torch import Tensor, nn
+
+from ..blocks import MetaBlock
+from ..config import ModelConfig
+from ..mixers import MixerContext, build_mixer
+from ..stems import Stem
+from .base import MixerNet, pretrained_cfg_for
+
+
+class IsotropicNet(MixerNet):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        cfg.validate()
+        self.config = cfg
+        self.num_classes = cfg.num_classes
+        self.in_chans = cfg.in_chans
+        dim, depth, heads = cfg.dims[0], cfg.depths[0], cfg.heads[0]
+        self.num_features = self.head_hidden_size = dim
+        self.num_prefix_tokens = 1 if cfg.class_token else 0
+        self.global_pool = cfg.head
+        self.grad_checkpointing = False
+        self.grid = cfg.grid
+        self.stem = Stem(cfg.stem, cfg.in_chans, dim, cfg.norm_eps)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if cfg.class_token else None
+        if not cfg.pos_embed:
+            self.pos_embed = None
+        elif cfg.class_token:
+            self.pos_embed = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1] + 1, dim))
+        else:
+            self.pos_embed = nn.Parameter(torch.zeros(1, *self.grid, dim))
+        rates = torch.linspace(0, cfg.drop_path, depth).tolist()
+        self.blocks = nn.Sequential(*[
+            MetaBlock(dim, build_mixer(cfg.mixer.name, MixerContext(dim, heads, 0, j, self.grid), **cfg.mixer.args),
+                      mlp_ratio=cfg.stage_mlp_ratios()[0], drop_path=rates[j], layer_scale=cfg.layer_scale,
+                      norm1=cfg.norm1, norm2=cfg.norm2, norm_eps=cfg.norm_eps)
+            for j in range(depth)])
+        self.norm = nn.LayerNorm(dim, eps=cfg.norm_eps)
+        self.head = nn.Linear(dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        p = cfg.stem.patch_size
+        self.feature_info = [{"num_chs": dim, "reduction": p, "module": f"blocks.{j}"} for j in range(depth)]
+        first_conv = "stem.proj" if cfg.stem.name in ("patch", "patch_norm") else "stem.proj.0"
+        self.pretrained_cfg = pretrained_cfg_for(cfg, "head", first_conv)
+        self.default_cfg = self.pretrained_cfg
+        self._init_weights()
+        if self.pos_embed is not None:
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=1e-6)
+
+    # ---- token handling ------------------------------------------------------------------------
+    def _embed(self, x: Tensor) -> Tensor:
+        x = self.stem(x)  # (B, h, w, C)
+        b, h, w, c = x.shape
+        if self.cls_token is None:
+            if self.pos_embed is not None:
+                x = x + resample_abs_pos_embed_nhwc(self.pos_embed, [h, w])
+            return x
+        x = torch.cat([self.cls_token.expand(b, -1, -1), x.reshape(b, h * w, c)], dim=1)
+        if self.pos_embed is not None:
+            x = x + resample_abs_pos_embed(self.pos_embed, [h, w], list(self.grid), num_prefix_tokens=1)
+        return x
+
+    def _grid(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
+        """Tokens -> ``(B, C, h, w)`` without prefix tokens."""
+        if x.dim() == 4:
+            return x.permute(0, 3, 1, 2)
+        return x[:, self.num_prefix_tokens:].transpose(1, 2).reshape(x.shape[0], -1, *hw)
+
+    # ---- timm model contract -----------------------------------------------------------------
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool is not None:
+            allowed = ["token"] if self.cls_token is not None else ["avg"]
+            if global_pool not in allowed:
+                raise ValueError(f"global_pool={global_pool!r} is invalid: allowed values are {allowed}")
+        self.num_classes = num_classes
+        device = next(self.parameters()).device
+        self.head = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return {"stem": r"^cls_token|^pos_embed|^stem", "blocks": [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))]}
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        x = self._embed(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        return self.norm(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = x[:, 0] if self.cls_token is not None else x.reshape(x.shape[0], -1, x.shape[-1]).mean(1)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(self, x: Tensor, indices: int | list[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """Block outputs as grids (timm API; prefix tokens dropped). ``output_fmt`` 'NCHW' or 'NLC'."""
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt={output_fmt!r} is invalid: allowed values are ['NCHW', 'NLC']")
+        take, max_index = feature_take_indices(len(self.blocks), indices)
+        hw = (x.shape[-2] // self.stem.patch_size, x.shape[-1] // self.stem.patch_size)
+        x = self._embed(x)
+        hw = (x.shape[1], x.shape[2]) if x.dim() == 4 else hw
+        out = []
+        blocks = self.blocks if not stop_early else self.blocks[:max_index + 1]
+        for i, blk in enumerate(blocks):
+            x = blk(x)
+            if i in take:
+                y = self.norm(x) if norm else x
+                g = self._grid(y, hw)
+                out.append(g if output_fmt == "NCHW" else g.flatten(2).transpose(1, 2))
+        if intermediates_only:
+            return out
+        return self.norm(x), out
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        take, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0)
+        return take

@@ -1,0 +1,2 @@
+def complexity(*a, **k):
+    raise NotImplementedError

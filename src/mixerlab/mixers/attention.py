@@ -1,0 +1,46 @@
+"""Global multi-head self-attention (Dosovitskiy et al., 2021, "An Image is Worth 16x16 Words").
+
+For tokens ``x`` of shape ``(B, N, C)`` (or a grid ``(B, H, W, C)``, flattened to N = H*W):
+
+    q, k, v = split(x W_qkv + b_qkv)            # each (B, h, N, C/h)
+    y = act(q k^T / sqrt(C/h)) v                # one dynamic N x N kernel per head
+    out = merge_heads(y) W_o + b_o
+
+Read as a convolution (Zhou et al., 2023): the attention matrix is a dynamic kernel with
+global support, shared by the C/h channels of a head; ``attn_act`` selects its activation (see
+:mod:`mixerlab.mixers.attend`). Works at any N and on any token layout, including a class token.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from .attend import attend, check_attn_act
+from .base import Mixer, MixerContext
+
+
+class GlobalAttention(Mixer):
+    needs_grid = False
+
+    def __init__(self, ctx: MixerContext, *, attn_act: str = "softmax", qkv_bias: bool = True,
+                 fused: bool = True) -> None:
+        super().__init__()
+        self.num_heads = ctx.num_heads
+        self.attn_act = attn_act
+        self.fused = fused
+        self.qkv = nn.Linear(ctx.dim, 3 * ctx.dim, bias=qkv_bias)
+        self.proj = nn.Linear(ctx.dim, ctx.dim)
+
+    @classmethod
+    def _check(cls, args: dict[str, Any], **_: Any) -> None:
+        check_attn_act(args.get("attn_act", "softmax"))
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        x = x.reshape(shape[0], -1, shape[-1])
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        y = attend(qkv[0], qkv[1], qkv[2], act=self.attn_act, fused=self.fused)
+        return self.proj(y.transpose(1, 2).reshape(b, n, c)).reshape(shape)

@@ -1,0 +1,67 @@
+"""Static depth-wise convolution mixers.
+
+``dwconv`` -- the U-ConvNeXt token mixer of STM-Evaluation (Wang et al., 2022, "Demystify
+Transformers & Convolutions in Modern Image Deep Networks")::
+
+    y = Conv1x1(DWConv_kxk(Conv1x1(x)))          all three with bias, k = 7 by default
+
+With ``proj=False`` only the depth-wise conv remains (the mixer of the official ConvNeXt block,
+Liu et al., 2022).
+
+``dwnet`` -- the DWNet token mixer (Han et al., 2022, "On the Connection between Local
+Attention and Dynamic Depth-wise Convolution")::
+
+    y = BN(Conv1x1(ReLU(BN(DWConv_kxk(ReLU(BN(Conv1x1(x))))))))     1x1 convs without bias
+
+A depth-wise kernel is shared across positions, never shared across channels, and static.
+Input and output are ``(B, H, W, C)``; the convolution sees the same memory as NCHW with
+channels-last strides (no copy). Zero padding ``k // 2`` keeps the map size at any resolution.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from .base import Mixer, MixerContext, odd_kernel
+
+
+class DWConv(Mixer):
+    def __init__(self, ctx: MixerContext, *, kernel_size: int = 7, proj: bool = True) -> None:
+        super().__init__()
+        d = ctx.dim
+        self.pw1 = nn.Conv2d(d, d, 1) if proj else nn.Identity()
+        self.dw = nn.Conv2d(d, d, kernel_size, padding=kernel_size // 2, groups=d)
+        self.pw2 = nn.Conv2d(d, d, 1) if proj else nn.Identity()
+
+    @classmethod
+    def _check(cls, args: dict[str, Any], **_: Any) -> None:
+        odd_kernel("kernel_size", args.get("kernel_size", 7))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.permute(0, 3, 1, 2)
+        return self.pw2(self.dw(self.pw1(x))).permute(0, 2, 3, 1)
+
+
+class DWNetConv(Mixer):
+    def __init__(self, ctx: MixerContext, *, kernel_size: int = 7) -> None:
+        super().__init__()
+        d = ctx.dim
+        self.conv0 = nn.Conv2d(d, d, 1, bias=False)
+        self.bn0 = nn.BatchNorm2d(d)
+        self.conv = nn.Conv2d(d, d, kernel_size, padding=kernel_size // 2, groups=d)
+        self.bn = nn.BatchNorm2d(d)
+        self.conv2 = nn.Conv2d(d, d, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(d)
+        self.act = nn.ReLU()
+
+    @classmethod
+    def _check(cls, args: dict[str, Any], **_: Any) -> None:
+        odd_kernel("kernel_size", args.get("kernel_size", 7))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.permute(0, 3, 1, 2)
+        x = self.act(self.bn0(self.conv0(x)))
+        x = self.act(self.bn(self.conv(x)))
+        return self.bn2(self.conv2(x)).permute(0, 2, 3, 1)

@@ -1,0 +1,128 @@
+"""Shifted-window multi-head self-attention (Liu et al., 2021, "Swin Transformer").
+
+For a grid ``x`` of shape ``(B, H, W, C)`` and window ``w``:
+
+    x' = roll(x, -s)  if this block shifts (odd blocks, s = w // 2), else x
+    x' is zero-padded at the bottom/right to multiples of w and cut into w x w windows
+    per window and head: y = act(q k^T / sqrt(d) + B_rel) v,  B_rel from a (2w-1)^2 x h table
+    windows are merged, the padding is cropped, the roll undone, then a Linear projection.
+
+A shifted window may gather tokens that are not neighbours in the image; like Swin, such
+pairs are masked (softmax logit -100). Padded tokens are masked as keys as well (timm lets them
+take part; mixerlab does not, so the output does not depend on how much padding a map needs).
+When the map at the model's image size is not larger than the window along a side, the window
+shrinks to the map and that side is not shifted (as in Swin and STM-Evaluation); the
+relative-position table is sized for the effective window.
+Local attention is a dynamic depth-wise convolution with a w x w support that is shared by the
+channels of a head (Han et al., 2022).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import ConfigError
+from .attend import attend, check_attn_act
+from .base import Mixer, MixerContext
+
+
+def relative_position_index(wh: int, ww: int, device: torch.device | None = None) -> Tensor:
+    """``(wh*ww, wh*ww)`` index into a ``(2wh-1)(2ww-1)`` table, in Swin's ordering."""
+    coords = torch.stack(torch.meshgrid(torch.arange(wh, device=device), torch.arange(ww, device=device),
+                                        indexing="ij")).flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)
+    return (rel[..., 0] + wh - 1) * (2 * ww - 1) + rel[..., 1] + ww - 1
+
+
+def window_partition(x: Tensor, wh: int, ww: int) -> Tensor:
+    """``(B, H, W, C)`` with H, W multiples of the window -> ``(B * nW, wh * ww, C)``."""
+    b, h, w, c = x.shape
+    x = x.view(b, h // wh, wh, w // ww, ww, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, wh * ww, c)
+
+
+def window_reverse(x: Tensor, wh: int, ww: int, h: int, w: int) -> Tensor:
+    c = x.shape[-1]
+    x = x.view(-1, h // wh, w // ww, wh, ww, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, h, w, c)
+
+
+class WindowAttention(Mixer):
+    def __init__(self, ctx: MixerContext, *, window_size: int = 7, shift: bool = True,
+                 attn_act: str = "softmax", qkv_bias: bool = True, rel_pos: bool = True,
+                 fused: bool = True) -> None:
+        super().__init__()
+        h, w = ctx.resolution
+        self.window = (min(window_size, h), min(window_size, w))
+        shifting = shift and ctx.index % 2 == 1
+        self.shift = tuple(0 if not shifting or r <= window_size else window_size // 2 for r in (h, w))
+        self.num_heads = ctx.num_heads
+        self.attn_act = attn_act
+        self.fused = fused
+        self.qkv = nn.Linear(ctx.dim, 3 * ctx.dim, bias=qkv_bias)
+        self.proj = nn.Linear(ctx.dim, ctx.dim)
+        wh, ww = self.window
+        if rel_pos:
+            self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * wh - 1) * (2 * ww - 1), ctx.num_heads))
+            nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+            self.register_buffer("relative_position_index", relative_position_index(wh, ww), persistent=False)
+        else:
+            self.relative_position_bias_table = None
+        self._masks: dict[tuple[Any, ...], Tensor | None] = {}
+
+    @classmethod
+    def _check(cls, args: dict[str, Any], **_: Any) -> None:
+        check_attn_act(args.get("attn_act", "softmax"))
+        ws = args.get("window_size", 7)
+        if not isinstance(ws, int) or ws < 1:
+            raise ConfigError(f"mixer.args.window_size={ws!r} is invalid: a positive integer")
+
+    def _mask(self, h: int, w: int, hp: int, wp: int, device: torch.device) -> Tensor | None:
+        """``(nW, N, N)`` may-attend mask for shifted regions and padding, or None when all may."""
+        key = (h, w, hp, wp, device)
+        if key not in self._masks:
+            (wh, ww), (sh, sw) = self.window, self.shift
+            if not (sh or sw or hp > h or wp > w):
+                self._masks[key] = None
+            else:
+                region = torch.zeros(hp, wp, dtype=torch.long, device=device)
+                cnt = 0
+                for hs in ((slice(0, hp - wh), slice(hp - wh, hp - sh), slice(hp - sh, hp)) if sh else (slice(0, hp),)):
+                    for ws in ((slice(0, wp - ww), slice(wp - ww, wp - sw), slice(wp - sw, wp)) if sw else (slice(0, wp),)):
+                        region[hs, ws] = cnt
+                        cnt += 1
+                # Padding sits at the bottom/right of the *shifted* map; give it its own region id.
+                region[h:, :] = -1
+                region[:, w:] = -1
+                win = window_partition(region[None, :, :, None], wh, ww).squeeze(-1)  # (nW, N)
+                self._masks[key] = (win[:, :, None] == win[:, None, :]) & (win[:, None, :] >= 0)
+        return self._masks[key]
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, h, w, c = x.shape
+        (wh, ww), (sh, sw) = self.window, self.shift
+        if sh or sw:
+            x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
+        ph, pw = (wh - h % wh) % wh, (ww - w % ww) % ww
+        x = F.pad(x, (0, 0, 0, pw, 0, ph))
+        hp, wp = h + ph, w + pw
+        win = window_partition(x, wh, ww)  # (B*nW, N, C)
+        bn, n, _ = win.shape
+        qkv = self.qkv(win).reshape(bn, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        bias = None
+        if self.relative_position_bias_table is not None:
+            idx = self.relative_position_index.reshape(-1)
+            bias = self.relative_position_bias_table[idx].view(n, n, -1).permute(2, 0, 1).unsqueeze(0)
+        mask = self._mask(h, w, hp, wp, x.device)
+        if mask is not None:
+            mask = mask[None, :, None].expand(b, -1, -1, -1, -1).reshape(bn, 1, n, n)
+        y = attend(qkv[0], qkv[1], qkv[2], act=self.attn_act, bias=bias, mask=mask, fused=self.fused)
+        y = self.proj(y.transpose(1, 2).reshape(bn, n, c))
+        y = window_reverse(y, wh, ww, hp, wp)[:, :h, :w]
+        if sh or sw:
+            y = torch.roll(y, shifts=(sh, sw), dims=(1, 2))
+        return y

@@ -1,0 +1,2 @@
+def load_timm_weights(*a, **k):
+    raise NotImplementedError

@@ -1,0 +1,41 @@
+"""STM-Evaluation's unified models (Wang et al., 2022; SPEC section 3): one macro-architecture,
+one engineering recipe, different spatial token mixers."""
+
+from __future__ import annotations
+
+from ..config import MixerConfig, ModelConfig, StemConfig
+
+SCALES = ("micro", "tiny", "small", "base")
+
+# depths / dims / heads / drop-path of U-Swin, also the default for mixers without their own table.
+SWIN = {
+    "micro": ([2, 2, 9, 2], [32, 64, 128, 256], [1, 2, 4, 8], 0.0),
+    "tiny": ([2, 2, 6, 2], [96, 192, 384, 768], [3, 6, 12, 24], 0.2),
+    "small": ([2, 2, 18, 2], [96, 192, 384, 768], [3, 6, 12, 24], 0.3),
+    "base": ([2, 2, 18, 2], [128, 256, 512, 1024], [4, 8, 16, 32], 0.5),
+}
+# U-ConvNeXt has its own depths and drop-path; heads are unused (kept for divisibility checks).
+CONVNEXT = {
+    "micro": ([3, 3, 8, 3], SWIN["micro"][1], SWIN["micro"][2], 0.0),
+    "tiny": ([2, 2, 9, 2], SWIN["tiny"][1], SWIN["tiny"][2], 0.1),
+    "small": ([2, 2, 24, 2], SWIN["small"][1], SWIN["small"][2], 0.4),
+    "base": ([2, 2, 24, 2], SWIN["base"][1], SWIN["base"][2], 0.5),
+}
+
+
+def unified(scale_table: dict[str, tuple[list[int], list[int], list[int], float]], scale: str,
+            mixer: MixerConfig, mlp_ratio: float | list[float] = 4.0) -> ModelConfig:
+    """The MetaArch: unified stem, Conv3x3-s2 downsampling, LN after every stage, conv-BN head."""
+    depths, dims, heads, dp = scale_table[scale]
+    return ModelConfig(arch="hierarchical", stem=StemConfig("unified", patch_size=4), mixer=mixer,
+                       depths=list(depths), dims=list(dims), heads=list(heads), mlp_ratio=mlp_ratio,
+                       drop_path=dp, layer_scale=1e-6, norm1="ln", norm2="ln", norm_eps=1e-6,
+                       downsample="conv3x3", stage_norm=True, head="conv_bn", head_ratio=1.5)
+
+
+def configs() -> dict[str, ModelConfig]:
+    out = {}
+    for s in SCALES:
+        out[f"u_swin_{s}"] = unified(SWIN, s, MixerConfig("window", {"window_size": 7}))
+        out[f"u_convnext_{s}"] = unified(CONVNEXT, s, MixerConfig("dwconv", {"kernel_size": 7}))
+    return out
