@@ -91,8 +91,10 @@ class WindowAttention(Mixer):
             else:
                 region = torch.zeros(hp, wp, dtype=torch.long, device=device)
                 cnt = 0
-                for hs in ((slice(0, hp - wh), slice(hp - wh, hp - sh), slice(hp - sh, hp)) if sh else (slice(0, hp),)):
-                    for ws in ((slice(0, wp - ww), slice(wp - ww, wp - sw), slice(wp - sw, wp)) if sw else (slice(0, wp),)):
+                rows = (slice(0, hp - wh), slice(hp - wh, hp - sh), slice(hp - sh, hp)) if sh else (slice(0, hp),)
+                cols = (slice(0, wp - ww), slice(wp - ww, wp - sw), slice(wp - sw, wp)) if sw else (slice(0, wp),)
+                for hs in rows:
+                    for ws in cols:
                         region[hs, ws] = cnt
                         cnt += 1
                 # Padding sits at the bottom/right of the *shifted* map; give it its own region id.
