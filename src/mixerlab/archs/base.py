@@ -29,6 +29,12 @@ def pretrained_cfg_for(cfg: ModelConfig, classifier: str, first_conv: str) -> di
             "interpolation": "bicubic", "fixed_input_size": False, "license": "apache-2.0"}
 
 
+def drop_path_rates(rate: float, n: int) -> list[float]:
+    """Stochastic-depth rates rising linearly from 0 to ``rate`` over ``n`` blocks (plain Python,
+    so models also build on the meta device)."""
+    return [rate * i / (n - 1) if n > 1 else 0.0 for i in range(n)]
+
+
 class MixerNet(nn.Module):
     """Base class of mixerlab backbones (holds the config and timm's bookkeeping)."""
 

@@ -28,7 +28,7 @@ from ..config import ModelConfig
 from ..layers import LayerNorm2d
 from ..mixers import MixerContext, build_mixer
 from ..stems import Stem
-from .base import MixerNet, pretrained_cfg_for
+from .base import MixerNet, drop_path_rates, pretrained_cfg_for
 
 
 class Downsample(nn.Module):
@@ -113,7 +113,7 @@ class HierarchicalNet(MixerNet):
         self.stem = Stem(cfg.stem, cfg.in_chans, cfg.dims[0], cfg.norm_eps)
         block_cls = BLOCK_TYPES[cfg.block]
         norms = {} if cfg.block == "convnext" else {"norm1": cfg.norm1, "norm2": cfg.norm2}
-        rates = torch.linspace(0, cfg.drop_path, sum(cfg.depths)).tolist()
+        rates = drop_path_rates(cfg.drop_path, sum(cfg.depths))
         stages, k, p = [], 0, cfg.stem.patch_size
         self.feature_info = []
         for i, (depth, dim, heads, ratio) in enumerate(

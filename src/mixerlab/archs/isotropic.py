@@ -24,7 +24,7 @@ from ..blocks import MetaBlock
 from ..config import ModelConfig
 from ..mixers import MixerContext, build_mixer
 from ..stems import Stem
-from .base import MixerNet, pretrained_cfg_for
+from .base import MixerNet, drop_path_rates, pretrained_cfg_for
 
 
 class IsotropicNet(MixerNet):
@@ -48,7 +48,7 @@ class IsotropicNet(MixerNet):
             self.pos_embed = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1] + 1, dim))
         else:
             self.pos_embed = nn.Parameter(torch.zeros(1, *self.grid, dim))
-        rates = torch.linspace(0, cfg.drop_path, depth).tolist()
+        rates = drop_path_rates(cfg.drop_path, depth)
         self.blocks = nn.Sequential(*[
             MetaBlock(dim, build_mixer(cfg.mixer.name, MixerContext(dim, heads, 0, j, self.grid), **cfg.mixer.args),
                       mlp_ratio=cfg.stage_mlp_ratios()[0], drop_path=rates[j], layer_scale=cfg.layer_scale,

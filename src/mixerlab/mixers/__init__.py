@@ -11,6 +11,13 @@ from typing import Any
 from .attention import GlobalAttention
 from .base import Mixer, MixerContext
 from .conv import DWConv, DWNetConv
+from .deformable import DeformableConv
+from .dma import DMA
+from .dwattn import DepthwiseAttention
+from .dynamic import DynamicDWConv, IDynamicDWConv
+from .halo import HaloAttention
+from .pooling import Identity, Pooling
+from .sra import SpatialReductionAttention
 from .window import WindowAttention
 
 MIXERS: dict[str, type[Mixer]] = {
@@ -18,6 +25,15 @@ MIXERS: dict[str, type[Mixer]] = {
     "window": WindowAttention,
     "dwconv": DWConv,
     "dwnet": DWNetConv,
+    "dynconv": DynamicDWConv,
+    "idynconv": IDynamicDWConv,
+    "dma": DMA,
+    "pooling": Pooling,
+    "identity": Identity,
+    "dcn": DeformableConv,
+    "halo": HaloAttention,
+    "sra": SpatialReductionAttention,
+    "dwattn": DepthwiseAttention,
 }
 
 

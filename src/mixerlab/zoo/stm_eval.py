@@ -1,5 +1,9 @@
 """STM-Evaluation's unified models (Wang et al., 2022; SPEC section 3): one macro-architecture,
-one engineering recipe, different spatial token mixers."""
+one engineering recipe, different spatial token mixers.
+
+Parameter counts of u_swin / u_halo / u_pvt equal those of STM-Evaluation's own factories. One
+simplification: their Halo and PVT blocks use LayerNorm eps 1e-5 inside blocks, ours 1e-6 everywhere
+(as their Swin and ConvNeXt blocks), which changes no count and no published number."""
 
 from __future__ import annotations
 
@@ -21,6 +25,31 @@ CONVNEXT = {
     "small": ([2, 2, 24, 2], SWIN["small"][1], SWIN["small"][2], 0.4),
     "base": ([2, 2, 24, 2], SWIN["base"][1], SWIN["base"][2], 0.5),
 }
+# U-DCNv3: its own depths and widths; "heads" are the DCN groups (STM-Eval passes them as num_heads).
+DCN = {
+    "micro": ([2, 2, 9, 2], [32, 64, 128, 256], [2, 4, 8, 16], 0.0),
+    "tiny": ([4, 4, 18, 4], [64, 128, 256, 512], [4, 8, 16, 32], 0.1),
+    "small": ([4, 4, 21, 4], [80, 160, 320, 640], [5, 10, 20, 40], 0.3),
+    "base": ([4, 4, 21, 4], [112, 224, 448, 896], [7, 14, 28, 56], 0.5),
+}
+# U-PVT: its own depths, widths, heads and per-stage MLP ratios (base uses 4 everywhere).
+PVT = {
+    "micro": ([2, 2, 3, 2], [32, 64, 160, 256], [1, 2, 5, 8], 0.0),
+    "tiny": ([3, 4, 9, 3], [64, 128, 320, 512], [1, 2, 5, 8], 0.1),
+    "small": ([3, 4, 21, 3], [64, 128, 320, 512], [1, 2, 5, 8], 0.3),
+    "base": ([3, 8, 45, 3], [64, 128, 320, 512], [1, 2, 5, 8], 0.5),
+}
+PVT_MLP = {"micro": [8, 8, 4, 4], "tiny": [8, 8, 4, 4], "small": [8, 8, 4, 4], "base": [4, 4, 4, 4]}
+
+# Mixers without a published table of their own get U-Swin's budget (a same-budget row each).
+SAME_BUDGET = {
+    "dynconv": MixerConfig("dynconv", {"kernel_size": 7}),
+    "idynconv": MixerConfig("idynconv", {"kernel_size": 7}),
+    "dma": MixerConfig("dma", {}),
+    "dwattn": MixerConfig("dwattn", {"window_size": 7}),
+    "pool": MixerConfig("pooling", {"pool_size": 3}),
+    "identity": MixerConfig("identity", {}),
+}
 
 
 def unified(scale_table: dict[str, tuple[list[int], list[int], list[int], float]], scale: str,
@@ -38,4 +67,9 @@ def configs() -> dict[str, ModelConfig]:
     for s in SCALES:
         out[f"u_swin_{s}"] = unified(SWIN, s, MixerConfig("window", {"window_size": 7}))
         out[f"u_convnext_{s}"] = unified(CONVNEXT, s, MixerConfig("dwconv", {"kernel_size": 7}))
+        out[f"u_dcn_{s}"] = unified(DCN, s, MixerConfig("dcn", {"kernel_size": 3, "dw_kernel_size": 3}))
+        out[f"u_halo_{s}"] = unified(SWIN, s, MixerConfig("halo", {"block_size": 7, "halo_size": 3}))
+        out[f"u_pvt_{s}"] = unified(PVT, s, MixerConfig("sra", {"sr_ratios": [8, 4, 2, 1]}), mlp_ratio=PVT_MLP[s])
+        for short, mixer in SAME_BUDGET.items():
+            out[f"u_{short}_{s}"] = unified(SWIN, s, mixer)
     return out

@@ -1,0 +1,153 @@
+"""Deformable aggregation: DCNv3 as used by STM-Evaluation (Wang et al., 2022, "Demystify Transformers &
+Convolutions in Modern Image Deep Networks"; operator of InternImage, Wang et al., 2023).
+
+For a grid ``x`` of shape ``(B, H, W, C)``, ``g`` groups of ``D = C / g`` channels and ``P = K^2`` points::
+
+    q      = GELU(LN(DWConv_kq(x)))                          query path, (B, H, W, C)
+    v      = x W_v + b_v                                      value,      (B, H, W, C)
+    dp     = q W_o + b_o   -> (B, H, W, g, P, 2)              offsets in pixels, (dx, dy)
+    m      = softmax_P(q W_m + b_m)  -> (B, H, W, g, P)       one weight per point, summing to 1 per group
+    y(p0)_c = sum_k m(p0)_{g(c),k} * v~(p0 + s * (p_k + dp(p0)_{g(c),k}))_c
+    out    = y W_out + b_out
+
+``v~`` is bilinear interpolation of ``v`` with zeros outside the map (so the map size is kept at any
+resolution and border positions aggregate fewer real values), ``p_k`` the points of a K x K grid with
+spacing ``dilation`` and ``s = offset_scale``. As in STM-Evaluation (and InternImage) ``s`` scales the
+regular grid *and* the learned offsets. Point ``k`` sits at ``(dx, dy) = ((k // K - K // 2), (k % K - K // 2))
+* dilation``: STM-Evaluation builds its grid with the two axes swapped, and keeping that order lets its
+``sampling_offsets`` / ``attention_weights`` checkpoints map one to one. Offsets and point weights are
+zero-initialised (:meth:`DeformableConv.init_weights`), so training starts from a uniform 3x3 average.
+
+A group shares its offsets and point weights across its D channels; the kernel is dynamic (computed from the
+input) and differs per position. Sampling uses ``F.grid_sample`` once for all points (pure PyTorch, CPU and
+GPU, differentiable in values, offsets and weights).
+
+STM-Evaluation options not offered (its named models never use them): several dilation rates split over the
+groups, a value width ratio other than 1, unpadded sampling and the learnable grid-scale ("alpha") variants.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import ConfigError
+from .base import Mixer, MixerContext, odd_kernel, positive_int
+
+
+def sampling_points(kernel_size: int, dilation: int = 1) -> Tensor:
+    """``(P, 2)`` regular-grid displacements ``(dx, dy)`` in pixels, in STM-Evaluation's point order."""
+    r = torch.arange(kernel_size, dtype=torch.float32) - kernel_size // 2
+    a, b = torch.meshgrid(r, r, indexing="ij")
+    return torch.stack((a, b), -1).reshape(-1, 2) * dilation
+
+
+def deform_aggregate(value: Tensor, offsets: Tensor, weights: Tensor, points: Tensor,
+                     offset_scale: float = 1.0) -> Tensor:
+    """Weighted bilinear sampling at deformed grid points.
+
+    value ``(B, H, W, C)``; offsets ``(B, H, W, g, P, 2)`` as (dx, dy) pixels; weights ``(B, H, W, g, P)``;
+    points ``(P, 2)`` as from :func:`sampling_points`. Returns ``(B, H, W, C)`` with
+    ``y[b, i, j, c] = sum_k weights[b, i, j, g(c), k] * v~(j + s (px_k + dx), i + s (py_k + dy))``.
+    """
+    b, h, w, c = value.shape
+    g, p = weights.shape[-2:]
+    d = c // g
+    # Coordinates need at least fp32: in half precision a position near 56 is off by up to 1/4 pixel.
+    dt = torch.promote_types(value.dtype, torch.float32)
+    v = value.to(dt).reshape(b, h, w, g, d).permute(0, 3, 4, 1, 2).reshape(b * g, d, h, w)
+    # Points lead the spatial dims of the sampling grid (grid (B*g, P, H*W, 2)): grid_sample's CPU kernel
+    # vectorises along the last output dim, so H*W there is faster than P (measured ~10% on 56x56).
+    ys, xs = torch.meshgrid(torch.arange(h, device=value.device, dtype=dt),
+                            torch.arange(w, device=value.device, dtype=dt), indexing="ij")
+    size = torch.tensor([w, h], device=value.device, dtype=dt)
+    base = torch.stack((xs, ys), -1) + offset_scale * points.to(v)[:, None, None, :]  # (P, H, W, 2)
+    # grid_sample with align_corners=False puts pixel centre u at (2u + 1) / size - 1.
+    grid = (2 * base + 1) / size - 1 + offsets.to(dt).permute(0, 3, 4, 1, 2, 5) * (2 * offset_scale / size)
+    sampled = F.grid_sample(v, grid.reshape(b * g, p, h * w, 2), mode="bilinear", padding_mode="zeros",
+                            align_corners=False)  # (B*g, D, P, H*W)
+    m = weights.to(dt).permute(0, 3, 4, 1, 2).reshape(b * g, 1, p, h * w)
+    y = (sampled * m).sum(2)
+    return y.view(b, g, d, h, w).permute(0, 3, 4, 1, 2).reshape(b, h, w, c).to(value.dtype)
+
+
+class DeformableConv(Mixer):
+    """DCNv3 token mixer; ``groups`` is an int, one int per stage (``ctx.stage`` selects), or None to use
+    the model's heads (STM-Evaluation passes its groups as ``num_heads``)."""
+
+    def __init__(self, ctx: MixerContext, *, groups: int | list[int] | None = None, kernel_size: int = 3,
+                 dilation: int = 1, dw_kernel_size: int = 3, offset_scale: float = 1.0,
+                 zero_init: bool = True) -> None:
+        super().__init__()
+        d = ctx.dim
+        g = _stage_groups(groups, ctx)
+        if d % g:
+            raise ConfigError(f"mixer.args.groups={groups!r} is invalid: stage {ctx.stage} uses {g} groups, "
+                              f"which must divide its width {d}")
+        self.groups, self.offset_scale, self.zero_init = g, float(offset_scale), zero_init
+        p = kernel_size * kernel_size
+        self.dw_conv = nn.Conv2d(d, d, dw_kernel_size, padding=dw_kernel_size // 2, groups=d)
+        self.dw_norm = nn.LayerNorm(d)  # PyTorch's default eps 1e-5, as STM-Evaluation's LayerNormProxy
+        self.act = nn.GELU()
+        self.sampling_offsets = nn.Linear(d, g * p * 2)
+        self.attention_weights = nn.Linear(d, g * p)
+        self.value_proj = nn.Linear(d, d)
+        self.output_proj = nn.Linear(d, d)
+        self.register_buffer("points", sampling_points(kernel_size, dilation), persistent=False)
+
+    @classmethod
+    def _check(cls, args: dict[str, Any], *, dim: int, num_heads: int, **_: Any) -> None:
+        odd_kernel("kernel_size", args.get("kernel_size", 3))
+        odd_kernel("dw_kernel_size", args.get("dw_kernel_size", 3))
+        positive_int("dilation", args.get("dilation", 1))
+        s = args.get("offset_scale", 1.0)
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not s > 0:
+            raise ConfigError(f"mixer.args.offset_scale={s!r} is invalid: a positive number (1.0 in STM-Evaluation)")
+        if not isinstance(args.get("zero_init", True), bool):
+            raise ConfigError(f"mixer.args.zero_init={args['zero_init']!r} is invalid: true or false")
+        groups = args.get("groups")
+        if isinstance(groups, (list, tuple)):
+            # The stage is not known here: each entry is checked against its stage's width at build time.
+            if not groups or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in groups):
+                raise ConfigError(f"mixer.args.groups={groups!r} is invalid: a positive integer, one per stage, "
+                                  "or null to use the model's heads")
+            return
+        if groups is None:
+            if dim % num_heads:
+                raise ConfigError(f"mixer.args.groups=None is invalid here: the heads ({num_heads}) used as "
+                                  f"groups must divide the width {dim}")
+            return
+        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or dim % groups:
+            raise ConfigError(f"mixer.args.groups={groups!r} is invalid: a positive divisor of the width {dim} "
+                              "(or a list with one per stage, or null to use the model's heads)")
+
+    def init_weights(self) -> None:
+        # STM-Evaluation zero-initialises these two layers but its MetaArch then re-initialises every
+        # Linear (trunc normal .02); zero_init=False keeps that (global) init.
+        if self.zero_init:
+            for layer in (self.sampling_offsets, self.attention_weights):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, h, w, _ = x.shape
+        g, p = self.groups, self.points.shape[0]
+        q = self.act(self.dw_norm(self.dw_conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)))
+        offsets = self.sampling_offsets(q).view(b, h, w, g, p, 2)
+        weights = self.attention_weights(q).view(b, h, w, g, p).softmax(-1)
+        y = deform_aggregate(self.value_proj(x), offsets, weights, self.points, self.offset_scale)
+        return self.output_proj(y)
+
+
+def _stage_groups(groups: int | list[int] | None, ctx: MixerContext) -> int:
+    if groups is None:
+        return ctx.num_heads
+    if isinstance(groups, int):
+        return groups
+    if ctx.stage >= len(groups):
+        raise ConfigError(f"mixer.args.groups={groups!r} is invalid: it has no entry for stage {ctx.stage} "
+                          "(give one per stage)")
+    return int(groups[ctx.stage])

@@ -1,0 +1,397 @@
+"""Attention-family mixers: halo, spatial-reduction and depth-wise attention (SPEC 5.1-5.4).
+
+Each mixer is checked against an independent implementation (explicit loops run in float64, the
+rest in fp32 at rtol 1e-5 / atol 1e-6): global attention with copied
+weights where the two coincide, explicit per-position / per-channel loops otherwise, timm's
+HaloNet relative logits, and parameter counts of STM-Evaluation's U-Halo / U-PVT models
+(counted by instantiating STM-Evaluation's own model factories).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+from timm.layers.halo_attn import PosEmbedRel
+
+from mixerlab.config import ConfigError, MixerConfig
+from mixerlab.mixers import MIXERS, MixerContext, build_mixer
+from mixerlab.mixers.attend import ATTN_ACTS
+from mixerlab.mixers.attention import GlobalAttention
+from mixerlab.mixers.dwattn import DepthwiseAttention
+from mixerlab.mixers.halo import HaloAttention
+from mixerlab.mixers.sra import SpatialReductionAttention
+from mixerlab.mixers.window import WindowAttention
+
+TOL = {"rtol": 1e-5, "atol": 1e-6}
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def naive_act(logits: torch.Tensor, act: str) -> torch.Tensor:
+    """Aggregation weights of one query over its (valid) keys, from the documented definitions."""
+    n = logits.numel()
+    if act == "softmax":
+        return logits.softmax(-1)
+    if act == "relu":
+        return F.relu(logits) / n
+    if act == "sigmoid":
+        return torch.sigmoid(logits - math.log(n))
+    x = F.relu(logits) if act == "relu_layernorm" else logits
+    return (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + 1e-5)
+
+
+def perturbs_only_own_sample(mixer: torch.nn.Module, shape: tuple[int, ...]) -> None:
+    x = torch.randn(shape)
+    x2 = x.clone()
+    x2[0] += torch.randn(shape[1:])
+    y, y2 = mixer(x), mixer(x2)
+    torch.testing.assert_close(y[1:], y2[1:], rtol=0, atol=0)
+    assert not torch.allclose(y[0], y2[0])
+
+
+# ---- window / halo attention reduce to global attention ------------------------------------------
+
+@pytest.mark.parametrize("act", ATTN_ACTS)
+@pytest.mark.parametrize(("res", "index"), [((7, 7), 0), ((7, 7), 1), ((5, 6), 1)])
+def test_window_covering_the_map_is_global_attention(act: str, res: tuple[int, int], index: int) -> None:
+    ctx = MixerContext(dim=16, num_heads=2, index=index, resolution=res)
+    win = WindowAttention(ctx, window_size=7, shift=index == 1, rel_pos=False, attn_act=act)
+    glob = GlobalAttention(ctx, attn_act=act)
+    glob.load_state_dict(win.state_dict())
+    x = torch.randn(2, *res, 16)
+    torch.testing.assert_close(win(x), glob(x), **TOL)
+
+
+def halo_as_global(halo: HaloAttention, ctx: MixerContext) -> GlobalAttention:
+    """Global attention with halo's weights: q rows, then k and v rows de-interleaved per head."""
+    c, h = ctx.dim, ctx.num_heads
+    kv = halo.kv.weight.view(h, 2, c // h, c)
+    glob = GlobalAttention(ctx, attn_act=halo.attn_act, qkv_bias=False)
+    with torch.no_grad():
+        glob.qkv.weight.copy_(torch.cat([halo.q.weight, kv[:, 0].reshape(c, c), kv[:, 1].reshape(c, c)]))
+        glob.proj.load_state_dict(halo.proj.state_dict())
+    return glob
+
+
+@pytest.mark.parametrize("act", ATTN_ACTS)
+@pytest.mark.parametrize("res", [(7, 7), (5, 6)])
+def test_halo_covering_the_map_is_global_attention(act: str, res: tuple[int, int]) -> None:
+    ctx = MixerContext(dim=16, num_heads=2, resolution=res)
+    halo = HaloAttention(ctx, attn_act=act)
+    with torch.no_grad():
+        halo.rel_height.zero_()
+        halo.rel_width.zero_()
+    x = torch.randn(2, *res, 16)
+    torch.testing.assert_close(halo(x), halo_as_global(halo, ctx)(x), **TOL)
+
+
+# ---- halo attention --------------------------------------------------------------------------------
+
+def test_halo_relative_logits_match_timm() -> None:
+    halo = HaloAttention(MixerContext(dim=32, num_heads=2))
+    ref = PosEmbedRel(block_size=7, win_size=13, dim_head=16, scale=0.25)
+    ref.load_state_dict({"height_rel": halo.rel_height.detach(), "width_rel": halo.rel_width.detach()})
+    q = torch.randn(3, 4, 7, 7, 16)  # (B, blocks, b, b, d)
+    torch.testing.assert_close(halo.rel_logits(q), ref(q.reshape(3, 4, 49, 16)), **TOL)
+
+
+def naive_halo(m: HaloAttention, x: torch.Tensor) -> torch.Tensor:
+    """Loop over samples, heads and queries; keys = window positions that lie on the map."""
+    b, hh, ww, c = x.shape
+    nh, d, bs, hs, ws = m.num_heads, c // m.num_heads, m.block_size, m.halo_size, m.win_size
+    q = x @ m.q.weight.T
+    kv = x @ m.kv.weight.view(2 * c, c).T
+    y = torch.zeros(b, hh, ww, c, dtype=x.dtype)
+    for s in range(b):
+        for h in range(nh):
+            k = kv[s, ..., h * 2 * d:h * 2 * d + d]
+            v = kv[s, ..., h * 2 * d + d:(h + 1) * 2 * d]
+            for i in range(hh):
+                for j in range(ww):
+                    r0, c0 = i // bs * bs - hs, j // bs * bs - hs  # window origin
+                    rows = torch.arange(max(r0, 0), min(r0 + ws, hh))  # on-map keys only
+                    cols = torch.arange(max(c0, 0), min(c0 + ws, ww))
+                    qi = q[s, i, j, h * d:(h + 1) * d]
+                    lh = m.rel_height[rows - r0 - i % bs + ws - 1] @ qi
+                    lw = m.rel_width[cols - c0 - j % bs + ws - 1] @ qi
+                    logits = k[rows][:, cols] @ qi * d ** -0.5 + lh[:, None] + lw[None, :]
+                    weights = naive_act(logits.flatten(), m.attn_act)
+                    y[s, i, j, h * d:(h + 1) * d] = weights @ v[rows][:, cols].reshape(-1, d)
+    return y @ m.proj.weight.T + m.proj.bias
+
+
+@pytest.mark.parametrize("act", ATTN_ACTS)
+def test_halo_with_padding_matches_naive_reference(act: str) -> None:
+    # 9 x 10 is padded to 14 x 14: blocks at the border see padded keys, which must be excluded.
+    m = HaloAttention(MixerContext(dim=8, num_heads=2, resolution=(9, 10)), attn_act=act).double()
+    with torch.no_grad():
+        m.proj.bias.normal_()
+    x = torch.randn(1, 9, 10, 8, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), naive_halo(m, x))
+
+
+def test_halo_masks_padding_even_with_large_logits() -> None:
+    # k = -q and large aligned tokens: every live logit is far below Swin's -100 mask value, so a
+    # -100 mask would hand the weight to the padded (zero) keys; exact exclusion must not.
+    m = HaloAttention(MixerContext(dim=8, num_heads=1, resolution=(5, 5)))
+    with torch.no_grad():
+        m.rel_height.zero_()
+        m.rel_width.zero_()
+        m.kv.weight[:8] = -m.q.weight[..., None, None]
+    x = 100 * F.normalize(torch.randn(8), dim=0) + torch.randn(1, 5, 5, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), halo_as_global(m, MixerContext(dim=8, num_heads=1))(x),
+                                   rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("act", ["softmax", "relu", "sigmoid"])
+def test_dwattn_masks_padding_even_with_large_logits(act: str) -> None:
+    m = DepthwiseAttention(MixerContext(dim=4), window_size=4, dw_proj=True, attn_act=act).double()
+    with torch.no_grad():
+        m.qk.weight.view(4, 2)[:, 1] = -m.qk.weight.view(4, 2)[:, 0]
+        m.qk.bias.zero_()
+    x = 200 * torch.rand(1, 5, 6, 4, dtype=torch.float64) + 100
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), naive_dwattn(m, x))
+
+
+def test_halo_parameter_count_matches_stm_eval() -> None:
+    # STM-Eval HaloAttn(dim=96, num_heads=3, block 7, halo 3, query_related): q 96*96, kv 96*192,
+    # proj 96*96 + 96, height_rel / width_rel 25 x 32 each.
+    m = HaloAttention(MixerContext(dim=96, num_heads=3, resolution=(56, 56)))
+    assert sum(p.numel() for p in m.parameters()) == 38560
+
+
+# ---- spatial-reduction attention ---------------------------------------------------------------------
+
+def naive_sra(m: SpatialReductionAttention, x: torch.Tensor) -> torch.Tensor:
+    """Reduction conv as explicit sums over each r x r patch's on-map tokens, then attention per head."""
+    b, hh, ww, c = x.shape
+    r, nh, d = m.sr_ratio, m.num_heads, c // m.num_heads
+    gh, gw = -(-hh // r), -(-ww // r)
+    red = torch.zeros(b, gh, gw, c, dtype=x.dtype)
+    for a in range(gh):
+        for e in range(gw):
+            acc = m.sr.bias.expand(b, c).clone()
+            for u in range(r):
+                for v in range(r):
+                    if a * r + u < hh and e * r + v < ww:
+                        acc = acc + x[:, a * r + u, e * r + v] @ m.sr.weight[:, :, u, v].T
+            red[:, a, e] = acc
+    red = F.layer_norm(red.reshape(b, -1, c), (c,), m.norm.weight, m.norm.bias, 1e-5)
+    q = x.reshape(b, -1, c) @ m.q.weight.T + m.q.bias
+    kv = red @ m.kv.weight.T + m.kv.bias
+    k, vv = kv[..., :c], kv[..., c:]
+    y = torch.zeros(b, hh * ww, c, dtype=x.dtype)
+    for s in range(b):
+        for h in range(nh):
+            sl = slice(h * d, (h + 1) * d)
+            for i in range(hh * ww):
+                w = naive_act(k[s, :, sl] @ q[s, i, sl] * d ** -0.5, m.attn_act)
+                y[s, i, sl] = w @ vv[s, :, sl]
+    return (y @ m.proj.weight.T + m.proj.bias).reshape(b, hh, ww, c)
+
+
+@pytest.mark.parametrize("act", ATTN_ACTS)
+def test_sra_with_padded_reduction_matches_naive_reference(act: str) -> None:
+    # 5 x 7 with r = 2: padded to 6 x 8, border keys reduce fewer real tokens.
+    ctx = MixerContext(dim=8, num_heads=2, stage=2, index=1, resolution=(5, 7))
+    m = SpatialReductionAttention(ctx, attn_act=act).double()
+    assert m.sr_ratio == 2 and m.pos_embed is None
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() == 1:  # non-zero biases and LayerNorm affine
+                p.normal_(0, 0.3)
+    x = torch.randn(2, 5, 7, 8, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), naive_sra(m, x))
+
+
+@pytest.mark.parametrize("act", ATTN_ACTS)
+def test_sra_without_reduction_is_global_attention(act: str) -> None:
+    ctx = MixerContext(dim=16, num_heads=2, stage=3, index=1, resolution=(6, 5))
+    m = SpatialReductionAttention(ctx, attn_act=act)
+    glob = GlobalAttention(ctx, attn_act=act)
+    with torch.no_grad():
+        m.q.bias.normal_()
+        m.kv.bias.normal_()
+        glob.qkv.weight.copy_(torch.cat([m.q.weight, m.kv.weight]))
+        glob.qkv.bias.copy_(torch.cat([m.q.bias, m.kv.bias]))
+    glob.proj.load_state_dict(m.proj.state_dict())
+    x = torch.randn(2, 6, 5, 16)
+    torch.testing.assert_close(m(x), glob(x), **TOL)
+
+
+def shift_equivariant(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> bool:
+    def shift(t: torch.Tensor) -> torch.Tensor:
+        return torch.roll(t, shifts=(2, 3), dims=(1, 2))
+    return torch.allclose(f(shift(x)), shift(f(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_sra_position_embedding_breaks_translation_equivariance() -> None:
+    x = torch.randn(2, 6, 6, 16)
+    first = MixerContext(dim=16, num_heads=2, stage=3, index=0, resolution=(6, 6))
+    later = MixerContext(dim=16, num_heads=2, stage=3, index=1, resolution=(6, 6))
+    with torch.no_grad():
+        # Mixer input placement: the table makes the otherwise permutation-equivariant r = 1 attention shift-variant.
+        assert shift_equivariant(SpatialReductionAttention(later, pos_embed="input"), x)
+        assert not shift_equivariant(SpatialReductionAttention(first, pos_embed="input"), x)
+        # Residual-stream placement (STM-Eval's PvtBlock): forward ignores the table, the block adds it.
+        m = SpatialReductionAttention(first)
+        assert m.pos_mode == "stream" and shift_equivariant(m, x)
+        norm = torch.nn.LayerNorm(16)
+
+        def pvt_block_branch(t: torch.Tensor) -> torch.Tensor:
+            t = m.add_pos_embed(t)
+            return t + m(norm(t))
+
+        assert not shift_equivariant(pvt_block_branch, x)
+
+
+def test_sra_position_embedding_is_resampled_bicubic() -> None:
+    m = SpatialReductionAttention(MixerContext(dim=8, num_heads=1, stage=1, index=0, resolution=(4, 6)))
+    assert m.pos_embed.shape == (1, 4, 6, 8)
+    x = torch.randn(2, 4, 6, 8)
+    torch.testing.assert_close(m.add_pos_embed(x) - x, m.pos_embed.expand(2, -1, -1, -1), **TOL)
+    x = torch.randn(2, 7, 5, 8)
+    ref = F.interpolate(m.pos_embed.permute(0, 3, 1, 2), size=(7, 5), mode="bicubic",
+                        antialias=True).permute(0, 2, 3, 1)
+    torch.testing.assert_close(m.add_pos_embed(x) - x, ref.expand(2, -1, -1, -1), **TOL)
+    assert m(x).shape == x.shape
+    assert SpatialReductionAttention(MixerContext(dim=8, stage=1, index=1)).pos_embed is None
+    assert SpatialReductionAttention(MixerContext(dim=8, stage=1, index=0), pos_embed="none").pos_embed is None
+
+
+def test_sra_parameter_count_matches_stm_eval() -> None:
+    # STM-Eval Attention(dim=64, heads=1, qkv_bias=True, sr_ratio=8) + PvtBlock pos_embed (1, 64, 56, 56):
+    # q 64*64+64, kv 64*128+128, proj 64*64+64, sr 64*64*8*8+64, norm 2*64, pos 64*56*56.
+    m = SpatialReductionAttention(MixerContext(dim=64, num_heads=1, stage=0, index=0, resolution=(56, 56)))
+    assert sum(p.numel() for p in m.parameters()) == 479680
+
+
+@pytest.mark.parametrize(("mixer", "mlp_ratio", "expected"), [
+    ("halo", 4.0, 4389672),             # STM-Eval unified_halo_micro
+    ("sra", [8, 8, 4, 4], 4454056),     # STM-Eval unified_pvt_micro
+])
+def test_unified_micro_models_match_stm_eval_parameter_count(mixer: str, mlp_ratio: float | list[float],
+                                                            expected: int) -> None:
+    from mixerlab.archs.hierarchical import HierarchicalNet
+    from mixerlab.zoo.stm_eval import SWIN, unified
+
+    table = SWIN if mixer == "halo" else {"micro": ([2, 2, 3, 2], [32, 64, 160, 256], [1, 2, 5, 8], 0.0)}
+    model = HierarchicalNet(unified(table, "micro", MixerConfig(mixer, {}), mlp_ratio=mlp_ratio))
+    assert sum(p.numel() for p in model.parameters()) == expected
+
+
+# ---- depth-wise attention ----------------------------------------------------------------------------
+
+def naive_dwattn(m: DepthwiseAttention, x: torch.Tensor) -> torch.Tensor:
+    """Per channel c: logits q_{i,c} k_{j,c} over the keys in i's window (or all keys), explicit loops."""
+    b, hh, ww, c = x.shape
+    if isinstance(m.qk, torch.nn.Conv2d):
+        w, bias = m.qk.weight.view(c, 2), m.qk.bias.view(c, 2)
+        q, k = x * w[:, 0] + bias[:, 0], x * w[:, 1] + bias[:, 1]
+    else:
+        q, k = (x @ m.qk.weight.T + m.qk.bias).split(c, dim=-1)
+    v = x @ m.v.weight.T + m.v.bias
+    ws = m.window_size
+    rows, cols = torch.meshgrid(torch.arange(hh), torch.arange(ww), indexing="ij")
+    region = (rows // ws * 1000 + cols // ws).flatten() if ws else torch.zeros(hh * ww, dtype=torch.long)
+    q, k, v = (t.reshape(b, hh * ww, c) for t in (q, k, v))
+    y = torch.zeros(b, hh * ww, c, dtype=x.dtype)
+    for s in range(b):
+        for ch in range(c):
+            for i in range(hh * ww):
+                keys = region == region[i]
+                y[s, i, ch] = naive_act(q[s, i, ch] * k[s, keys, ch], m.attn_act) @ v[s, keys, ch]
+    return (y @ m.proj.weight.T + m.proj.bias).reshape(b, hh, ww, c)
+
+
+@pytest.mark.parametrize("act", ATTN_ACTS)
+@pytest.mark.parametrize("dw_proj", [False, True])
+@pytest.mark.parametrize("window_size", [None, 4])
+def test_dwattn_matches_per_channel_reference(act: str, dw_proj: bool, window_size: int | None) -> None:
+    # float64: with head dim 1 the LayerNorm activations are ill-conditioned for small |q_i|, so
+    # fp32 round-off would hide the comparison.
+    ctx = MixerContext(dim=6, num_heads=1)
+    m = DepthwiseAttention(ctx, window_size=window_size, dw_proj=dw_proj, attn_act=act).double()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.5)
+    x = torch.randn(1, 5, 6, 6, dtype=torch.float64)  # windows of 4 need padding to 8 x 8
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), naive_dwattn(m, x))
+
+
+def test_dwattn_window_larger_than_map_is_global() -> None:
+    ctx = MixerContext(dim=8)
+    glob = DepthwiseAttention(ctx)
+    win = DepthwiseAttention(ctx, window_size=7)
+    win.load_state_dict(glob.state_dict())
+    x = torch.randn(2, 5, 6, 8)
+    torch.testing.assert_close(win(x), glob(x), **TOL)
+
+
+# ---- every new mixer, every activation ----------------------------------------------------------------
+
+CASES = {
+    "halo": ({}, (3, 9, 10, 16)),
+    "sra_r8": ({"sr_ratios": [8, 4, 2, 1]}, (3, 12, 10, 16)),
+    "sra_r1_pos": ({"pos_embed": "input"}, (3, 5, 6, 16)),
+    "dwattn_global": ({}, (3, 5, 6, 16)),
+    "dwattn_window_dw": ({"window_size": 4, "dw_proj": True}, (3, 9, 10, 16)),
+}
+
+
+@pytest.mark.parametrize("act", ATTN_ACTS)
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_new_mixers_shape_grad_and_batch_independence(case: str, act: str) -> None:
+    args, shape = CASES[case]
+    name = case.split("_")[0]
+    # Only the 'input' placement uses a stage's position table inside forward: other cases are later blocks.
+    stage, index = (3, 0) if case == "sra_r1_pos" else (0, 1)
+    ctx = MixerContext(dim=16, num_heads=2, stage=stage, index=index, resolution=(8, 8))
+    m = build_mixer(name, ctx, attn_act=act, **args)
+    x = torch.randn(shape, requires_grad=True)
+    y = m(x)
+    assert y.shape == shape and torch.isfinite(y).all()
+    y.square().sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    used = [n for n, p in m.named_parameters() if p.grad is None]
+    assert used == [], f"parameters without gradient: {used}"
+    with torch.no_grad():
+        perturbs_only_own_sample(m, shape)
+
+
+def test_registered_names() -> None:
+    assert MIXERS["halo"] is HaloAttention
+    assert MIXERS["sra"] is SpatialReductionAttention
+    assert MIXERS["dwattn"] is DepthwiseAttention
+
+
+@pytest.mark.parametrize(("name", "args", "field"), [
+    ("halo", {"attn_act": "tanh"}, "attn_act"),
+    ("halo", {"block_size": 0}, "block_size"),
+    ("halo", {"halo_size": -1}, "halo_size"),
+    ("sra", {"sr_ratios": [8, 0]}, "sr_ratios"),
+    ("sra", {"sr_ratios": 8}, "sr_ratios"),
+    ("sra", {"pos_embed": "absolute"}, "pos_embed"),
+    ("dwattn", {"window_size": 0}, "window_size"),
+    ("dwattn", {"attn_act": "softplus"}, "attn_act"),
+])
+def test_bad_arguments_are_rejected_by_name(name: str, args: dict, field: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        build_mixer(name, MixerContext(dim=16, num_heads=2), **args)
+
+
+def test_sra_needs_a_ratio_for_its_stage() -> None:
+    with pytest.raises(ConfigError, match="sr_ratios"):
+        build_mixer("sra", MixerContext(dim=16, num_heads=2, stage=2), sr_ratios=[4, 2])
