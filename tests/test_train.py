@@ -58,6 +58,8 @@ def test_runtime_checks():
         TrainConfig(amp="fp16").check_runtime("cpu", 1)
     with pytest.raises(ConfigError, match=r"batch_size=128 is invalid: .* 2 x 3 = 6"):
         TrainConfig(accum_steps=3).check_runtime("cpu", 2)
+    with pytest.raises(ConfigError, match="sync_bn=True is invalid on device 'cpu'"):
+        TrainConfig(sync_bn=True).check_runtime("cpu", 2)
     with pytest.raises(ConfigError, match="recipe keys"):
         TrainConfig.from_dict({"learning_rate": 1.0})
 

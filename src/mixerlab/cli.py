@@ -130,6 +130,11 @@ from .train.cli import EVAL_HELP, TRAIN_HELP, configure_eval, configure_train, r
 add_subcommand("train", TRAIN_HELP, configure_train, run_train)
 add_subcommand("eval", EVAL_HELP, configure_eval, run_eval)
 
+from . import demo  # noqa: E402
+
+add_subcommand("demo", "train two models briefly on Fashion-MNIST and compare them (what `make demo` runs)",
+               demo.configure, demo.run)
+
 
 if __name__ == "__main__":
     sys.exit(main())

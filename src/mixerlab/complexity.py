@@ -24,7 +24,9 @@ under 2% of these models' totals):
 * **Params** = elements of the unique parameters (a shared parameter counts once); buffers
   (BatchNorm statistics, index tables) are not parameters.
 
-Ops torch does not know can be given a formula with :func:`register_formula`. The per-module
+Ops torch does not know can be given a formula with :func:`register_formula`. Modules that multiply
+with elementwise ops (per-position kernels of ``idynconv``, the point weights of ``dcn``) declare
+those MACs with a method ``elementwise_macs(output) -> int``, added to their cost. The per-module
 breakdown maps every qualified module name (``stages.2.blocks.5.mixer``) to its own params, MACs
 and activations; a module's cost includes its children, and ops a module runs itself (functional
 attention inside a mixer) count towards it.
@@ -190,7 +192,12 @@ class CostCounter(TorchDispatchMode):
             def enter(_m: nn.Module, _inp: Any, name: str = name) -> None:
                 self._stack.append(name)
 
-            def leave(_m: nn.Module, _inp: Any, _out: Any) -> None:
+            def leave(m: nn.Module, _inp: Any, out: Any) -> None:
+                extra = getattr(m, "elementwise_macs", None)
+                if extra is not None and isinstance(out, Tensor):
+                    macs = extra(out)
+                    self.macs += macs
+                    self.own.setdefault(self._stack[-1], [0, 0])[0] += macs
                 self._stack.pop()
 
             handles.append(module.register_forward_pre_hook(enter))

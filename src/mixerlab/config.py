@@ -228,7 +228,7 @@ class ModelConfig:
         if self.block == "convnext" and self.mixer.name != "dwconv":
             _fail("mixer.name", self.mixer.name, "the official ConvNeXt block uses 'dwconv'")
         for i, (d, hd) in enumerate(zip(self.dims, self.heads, strict=True)):
-            mixer_cls.check_args(self.mixer.args, dim=d, num_heads=hd, resolution=self.stage_grid(i))
+            mixer_cls.check_args(self.mixer.args, dim=d, num_heads=hd, resolution=self.stage_grid(i), stage=i)
         return self
 
     def stage_grid(self, stage: int) -> tuple[int, int]:

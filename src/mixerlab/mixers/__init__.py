@@ -43,7 +43,7 @@ def build_mixer(name: str, ctx: MixerContext, **args: Any) -> Mixer:
 
     check_choice("mixer.name", name, sorted(MIXERS))
     cls = MIXERS[name]
-    cls.check_args(args, dim=ctx.dim, num_heads=ctx.num_heads, resolution=ctx.resolution)
+    cls.check_args(args, dim=ctx.dim, num_heads=ctx.num_heads, resolution=ctx.resolution, stage=ctx.stage)
     return cls(ctx, **args)
 
 

@@ -50,17 +50,18 @@ class Mixer(nn.Module):
 
     @classmethod
     def check_args(cls, args: dict[str, Any], *, dim: int, num_heads: int,
-                   resolution: tuple[int, int]) -> None:
-        """Reject unknown argument names, then let the family check values (``_check``)."""
+                   resolution: tuple[int, int], stage: int = 0) -> None:
+        """Reject unknown argument names, then let the family check values (``_check``) for the
+        mixer of stage ``stage`` with width ``dim``."""
         unknown = sorted(set(args) - set(cls.allowed_args()))
         if unknown:
             raise ConfigError(f"mixer.args {unknown} are not arguments of mixer "
                               f"{cls.__name__}: allowed are {cls.allowed_args()}")
-        cls._check(dict(args), dim=dim, num_heads=num_heads, resolution=resolution)
+        cls._check(dict(args), dim=dim, num_heads=num_heads, resolution=resolution, stage=stage)
 
     @classmethod
     def _check(cls, args: dict[str, Any], *, dim: int, num_heads: int,
-               resolution: tuple[int, int]) -> None:
+               resolution: tuple[int, int], stage: int) -> None:
         """Family-specific value checks; raise ConfigError naming the argument."""
 
 

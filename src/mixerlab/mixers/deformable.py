@@ -16,7 +16,9 @@ spacing ``dilation`` and ``s = offset_scale``. As in STM-Evaluation (and InternI
 regular grid *and* the learned offsets. Point ``k`` sits at ``(dx, dy) = ((k // K - K // 2), (k % K - K // 2))
 * dilation``: STM-Evaluation builds its grid with the two axes swapped, and keeping that order lets its
 ``sampling_offsets`` / ``attention_weights`` checkpoints map one to one. Offsets and point weights are
-zero-initialised (:meth:`DeformableConv.init_weights`), so training starts from a uniform 3x3 average.
+zero-initialised (:meth:`DeformableConv.init_weights`), so training starts from a uniform K x K average.
+(STM-Evaluation writes that zero init but its MetaArch then re-initialises every Linear with a truncated
+normal; ``zero_init=False`` reproduces the init its models actually trained from.)
 
 A group shares its offsets and point weights across its D channels; the kernel is dynamic (computed from the
 input) and differs per position. Sampling uses ``F.grid_sample`` once for all points (pure PyTorch, CPU and
@@ -99,7 +101,7 @@ class DeformableConv(Mixer):
         self.register_buffer("points", sampling_points(kernel_size, dilation), persistent=False)
 
     @classmethod
-    def _check(cls, args: dict[str, Any], *, dim: int, num_heads: int, **_: Any) -> None:
+    def _check(cls, args: dict[str, Any], *, dim: int, num_heads: int, stage: int, **_: Any) -> None:
         odd_kernel("kernel_size", args.get("kernel_size", 3))
         odd_kernel("dw_kernel_size", args.get("dw_kernel_size", 3))
         positive_int("dilation", args.get("dilation", 1))
@@ -110,10 +112,12 @@ class DeformableConv(Mixer):
             raise ConfigError(f"mixer.args.zero_init={args['zero_init']!r} is invalid: true or false")
         groups = args.get("groups")
         if isinstance(groups, (list, tuple)):
-            # The stage is not known here: each entry is checked against its stage's width at build time.
             if not groups or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in groups):
                 raise ConfigError(f"mixer.args.groups={groups!r} is invalid: a positive integer, one per stage, "
                                   "or null to use the model's heads")
+            if stage >= len(groups) or dim % groups[stage]:
+                raise ConfigError(f"mixer.args.groups={groups!r} is invalid for stage {stage} of width {dim}: "
+                                  "give one entry per stage, each dividing its stage's width")
             return
         if groups is None:
             if dim % num_heads:
@@ -140,6 +144,11 @@ class DeformableConv(Mixer):
         weights = self.attention_weights(q).view(b, h, w, g, p).softmax(-1)
         y = deform_aggregate(self.value_proj(x), offsets, weights, self.points, self.offset_scale)
         return self.output_proj(y)
+
+    def elementwise_macs(self, out: Tensor) -> int:
+        """MACs of weighting the P samples of every output element (elementwise products the op counter
+        cannot see; the bilinear sampling itself is counted on ``grid_sampler_2d``)."""
+        return out.numel() * self.points.shape[0]
 
 
 def _stage_groups(groups: int | list[int] | None, ctx: MixerContext) -> int:

@@ -81,7 +81,7 @@ class SpatialReductionAttention(Mixer):
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
     @classmethod
-    def _check(cls, args: dict[str, Any], *, dim: int, num_heads: int, **_: Any) -> None:
+    def _check(cls, args: dict[str, Any], *, dim: int, num_heads: int, stage: int, **_: Any) -> None:
         check_attn_act(args.get("attn_act", "softmax"))
         check_choice("mixer.args.pos_embed", args.get("pos_embed", "stream"), POS_EMBED_MODES)
         sr = args.get("sr_ratios", (8, 4, 2, 1))
@@ -89,6 +89,9 @@ class SpatialReductionAttention(Mixer):
                 or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in sr)):
             raise ConfigError(f"mixer.args.sr_ratios={sr!r} is invalid: a list of positive integers, "
                               "one reduction ratio per stage (e.g. [8, 4, 2, 1])")
+        if stage >= len(sr):
+            raise ConfigError(f"mixer.args.sr_ratios={list(sr)!r} is invalid: it has no entry for stage {stage} "
+                              "(one reduction ratio per stage is needed)")
         if dim % num_heads:
             raise ConfigError(f"heads={num_heads} is invalid for spatial-reduction attention at width {dim}: "
                               "the width must be a multiple of the number of heads")

@@ -101,7 +101,8 @@ def configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-arg", dest="model_args", type=_kv, action="append", default=S, metavar="KEY=VALUE",
                    help="model override or mixer argument, repeatable (window_size=4, depths=[1,1,1,1])")
     p.add_argument("--opt-betas", dest="opt_betas", type=float, nargs="+", default=S, help="optimiser betas")
-    p.add_argument("--sync-bn", dest="sync_bn", type=_bool, default=S, help="SyncBatchNorm under DDP (default: on)")
+    p.add_argument("--sync-bn", dest="sync_bn", type=_bool, default=S,
+                   help="SyncBatchNorm under DDP (default: on with CUDA)")
     p.add_argument("--progress", dest="progress", type=_bool, default=S, help="tqdm bars (default: when a TTY)")
 
 

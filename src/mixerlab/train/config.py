@@ -77,7 +77,7 @@ class TrainConfig:
     deterministic: bool = False
     num_workers: int = 0
     device: str = "auto"
-    sync_bn: bool | None = None  # None: on when world size > 1
+    sync_bn: bool | None = None  # None: on when world size > 1 on CUDA (torch has no CPU SyncBatchNorm)
     eval_every: int = 1
     ckpt_every_steps: int = 0  # 0: checkpoint at epoch ends only
     tensorboard: bool = False
@@ -217,6 +217,9 @@ class TrainConfig:
         if self.compile and self.deterministic and device_type == "cuda":
             raise ConfigError("compile=True is invalid with deterministic=True on CUDA: inductor kernels are not "
                               "covered by torch's deterministic mode; turn one off")
+        if self.sync_bn and world_size > 1 and device_type != "cuda":
+            raise ConfigError(f"sync_bn=True is invalid on device {device_type!r}: torch's SyncBatchNorm runs on CUDA "
+                              "only; leave it unset (per-rank BatchNorm statistics) or use a BatchNorm-free model")
         per = world_size * self.accum_steps
         if self.batch_size % per:
             raise ConfigError(f"batch_size={self.batch_size} is invalid: it must be divisible by world_size x "

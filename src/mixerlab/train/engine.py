@@ -21,6 +21,7 @@ import math
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -282,7 +283,7 @@ def _run(cfg: TrainConfig, env: DistEnv) -> RunRecord:
 
 
 def _train_epoch(cfg: TrainConfig, parts: Parts, env: DistEnv, device: torch.device, ds: Dataset, micro: int,
-                 steps: int, pos: Position, saved_rng: list[dict[str, Any]] | None, save: Any,
+                 steps: int, pos: Position, saved_rng: list[dict[str, Any]] | None, save: Callable[[], None],
                  show: bool) -> float | None:
     """Run the rest of epoch ``pos.epoch``; return the last step's lr, or None when the loss became non-finite."""
     it = iter(_train_loader(cfg, ds, micro, env, pos.epoch))
@@ -387,8 +388,11 @@ def _prepare_run_dir(run_dir: Path, cfg: TrainConfig, fresh: bool) -> None:
 
 def _build_parts(cfg: TrainConfig, env: DistEnv, device: torch.device, model: nn.Module, num_classes: int,
                  steps: int) -> Parts:
-    if env.distributed and (cfg.sync_bn is None or cfg.sync_bn):
+    if env.distributed and device.type == "cuda" and cfg.sync_bn is not False:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BN statistics over the global batch
+    elif env.distributed and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        log.warning("BatchNorm under DDP without SyncBatchNorm (torch has it on CUDA only): batch statistics are "
+                    "per rank, so results differ from one process with the same global batch")
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -1,5 +1,6 @@
 """DWNet (Han et al., 2022; SPEC 5.5/5.6): Swin-T/B with window attention replaced by a 7x7
-depth-wise convolution block and the MLP's LayerNorm by BatchNorm."""
+depth-wise convolution block and the MLP's LayerNorm by BatchNorm; dynamic and inhomogeneous
+dynamic variants replace the static depth-wise conv by an input-dependent one."""
 
 from __future__ import annotations
 
@@ -17,6 +18,12 @@ def swin_like(depths: list[int], width: int, heads: list[int], drop_path: float,
                        norm_eps=1e-5, downsample="patch_merging", stage_norm=False, head="norm_pool")
 
 
+# DWNet variants: the depth-wise conv of the block is static, homogeneous dynamic (per-sample kernels)
+# or inhomogeneous dynamic (per-position kernels shared by 32 channel groups, as DWNet's configs give).
+VARIANTS = {"dwnet": {}, "dynamic_dwnet": {"conv": "dynamic"}, "idynamic_dwnet": {"conv": "idynamic", "groups": 32}}
+
+
 def configs() -> dict[str, ModelConfig]:
-    return {f"dwnet_{s}": swin_like(d, w, h, dp, MixerConfig("dwnet", {"kernel_size": 7}), norm1="none", norm2="bn")
-            for s, (d, w, h, dp) in SIZES.items()}
+    return {f"{v}_{s}": swin_like(d, w, h, dp, MixerConfig("dwnet", {"kernel_size": 7, **args}), norm1="none",
+                                  norm2="bn")
+            for v, args in VARIANTS.items() for s, (d, w, h, dp) in SIZES.items()}
