@@ -31,7 +31,7 @@ def test_bad_unified_configs(overrides: dict, needle: str) -> None:
 def test_conv_stem_stride_product() -> None:
     with pytest.raises(ConfigError, match=r"stem.strides.*product of strides \(8\).*16"):
         mixerlab.model_config("vit_c_1gf", stem={"strides": [2, 2, 2, 1, 1]})
-    with pytest.raises(ConfigError, match="stem.channels"):
+    with pytest.raises(ConfigError, match=r"stem\.channels"):
         mixerlab.model_config("vit_c_1gf", stem={"channels": [24, 48, 96, 192, 100]})
 
 
