@@ -253,3 +253,16 @@ def test_cli_errors(capsys):
     assert "img_size=100" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["models", "--format", "xml"])
+
+
+def test_elementwise_products_of_dynamic_kernels_are_counted() -> None:
+    """idynconv applies per-position kernels with elementwise products; the mixer declares them
+    (``elementwise_macs``) and the counter adds them: exact count by hand on a 5x5 grid."""
+    from mixerlab.mixers import MixerContext, build_mixer
+
+    m = build_mixer("idynconv", MixerContext(dim=8, num_heads=2, resolution=(5, 5)), kernel_size=3, proj=False,
+                    groups=2)
+    r = complexity(m, input_size=(5, 5, 8))
+    n = 25
+    generator = n * 8 * 2 + n * 2 * (2 * 9)  # 1x1 conv 8 -> 2, then 1x1 conv 2 -> G * K^2
+    assert r.macs == generator + n * 8 * 9  # every output element sums K^2 products
