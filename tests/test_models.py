@@ -135,3 +135,14 @@ def test_no_weight_decay_lists_tables() -> None:
     assert {"pos_embed", "cls_token"} <= m.no_weight_decay()
     s = mixerlab.create_model("u_swin_micro")
     assert any(n.endswith("relative_position_bias_table") for n in s.no_weight_decay())
+
+
+@pytest.mark.parametrize("name", ["u_swin_micro", "vit_p_1gf"])
+def test_prune_intermediate_layers(name: str) -> None:
+    model = small(name).eval()
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        keep = model.forward_intermediates(x, indices=[1], intermediates_only=True)
+        assert model.prune_intermediate_layers([1]) == [1]
+        assert len(getattr(model, model.trunk)) == 2 and model.num_classes == 0
+        assert torch.equal(model.forward_intermediates(x, indices=[1], intermediates_only=True)[0], keep[0])

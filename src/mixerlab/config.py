@@ -127,10 +127,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            _fail("config keys", unknown, f"allowed keys are {sorted(known)}")
+        check_keys(cls, d, "config keys")
         if isinstance(d.get("stem"), dict):
             d["stem"] = _sub(StemConfig, d["stem"], "stem")
         if isinstance(d.get("mixer"), dict):
@@ -239,9 +236,14 @@ class ModelConfig:
         return h, w
 
 
-def _sub(cls: type, d: dict[str, Any], prefix: str) -> Any:
+def check_keys(cls: type, d: dict[str, Any], what: str) -> None:
+    """Reject keys of ``d`` that are not fields of dataclass ``cls``, listing the allowed ones."""
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
-        _fail(f"{prefix} keys", unknown, f"allowed keys are {sorted(known)}")
+        _fail(what, unknown, f"allowed keys are {sorted(known)}")
+
+
+def _sub(cls: type, d: dict[str, Any], prefix: str) -> Any:
+    check_keys(cls, d, f"{prefix} keys")
     return cls(**d)

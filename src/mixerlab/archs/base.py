@@ -7,6 +7,7 @@ import fnmatch
 from typing import Any
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models._features import feature_take_indices
 from torch import nn
 
 from ..config import ModelConfig
@@ -40,6 +41,7 @@ class MixerNet(nn.Module):
 
     config: ModelConfig
     feature_info: list[dict[str, Any]]
+    trunk: str  # attribute holding the sequence forward_intermediates indexes ("stages" or "blocks")
 
     def _init_weights(self) -> None:
         """Truncated normal (std .02) for conv / linear weights, zero biases (SPEC 3), then each
@@ -58,6 +60,18 @@ class MixerNet(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop what follows the last taken intermediate (timm API)."""
+        seq = getattr(self, self.trunk)
+        take, max_index = feature_take_indices(len(seq), indices)
+        setattr(self, self.trunk, seq[:max_index + 1])
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0)
+        return take
 
     def mixers(self) -> list[tuple[str, Mixer]]:
         """Every spatial token mixer with its qualified name, in forward order."""

@@ -102,6 +102,8 @@ class Head(nn.Module):
 
 
 class HierarchicalNet(MixerNet):
+    trunk = "stages"
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         cfg.validate()
@@ -189,13 +191,3 @@ class HierarchicalNet(MixerNet):
         if intermediates_only:
             return intermediates
         return self.norm(x).permute(0, 3, 1, 2), intermediates
-
-    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> list[int]:
-        take, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0)
-        return take

@@ -28,6 +28,8 @@ from .base import MixerNet, drop_path_rates, pretrained_cfg_for
 
 
 class IsotropicNet(MixerNet):
+    trunk = "blocks"
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         cfg.validate()
@@ -138,13 +140,3 @@ class IsotropicNet(MixerNet):
         if intermediates_only:
             return out
         return self.norm(x), out
-
-    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> list[int]:
-        take, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0)
-        return take

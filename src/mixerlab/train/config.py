@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from ..config import ConfigError, check_choice
+from ..config import ConfigError, check_choice, check_keys
 from ..data import DataConfig
 
 SCHEDULERS = ("cosine", "tanh", "step", "multistep", "poly", "none")
@@ -89,16 +89,10 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"recipe keys {unknown} are invalid: allowed keys are {sorted(known)}")
+        check_keys(cls, d, "recipe keys")
         data = d.pop("data", None)
         if isinstance(data, dict):
-            dknown = {f.name for f in dataclasses.fields(DataConfig)}
-            bad = sorted(set(data) - dknown)
-            if bad:
-                raise ConfigError(f"recipe keys data.{bad} are invalid: allowed keys are {sorted(dknown)}")
+            check_keys(DataConfig, data, "recipe keys data.*")
             data = DataConfig(**{k: tuple(v) if k in ("mean", "std") and v is not None else v
                                  for k, v in data.items()})
         return cls(**d, **({"data": data} if data is not None else {}))
