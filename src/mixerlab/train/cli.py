@@ -98,6 +98,7 @@ def configure_train(p: argparse.ArgumentParser) -> None:
         p.add_argument(flag, dest=key, type=typ, default=S, help=help_text)
     for flag, key, help_text in SWITCHES:
         p.add_argument(flag, dest=key, action="store_true", default=S, help=help_text)
+    p.add_argument("--out", dest="run_dir", type=str, default=S, help="same as --run-dir")
     p.add_argument("--model-arg", dest="model_args", type=_kv, action="append", default=S, metavar="KEY=VALUE",
                    help="model override or mixer argument, repeatable (window_size=4, depths=[1,1,1,1])")
     p.add_argument("--opt-betas", dest="opt_betas", type=float, nargs="+", default=S, help="optimiser betas")
