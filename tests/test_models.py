@@ -146,3 +146,15 @@ def test_prune_intermediate_layers(name: str) -> None:
         assert model.prune_intermediate_layers([1]) == [1]
         assert len(getattr(model, model.trunk)) == 2 and model.num_classes == 0
         assert torch.equal(model.forward_intermediates(x, indices=[1], intermediates_only=True)[0], keep[0])
+
+
+def test_grad_checkpointing_gives_same_gradients() -> None:
+    for name in ("u_swin_micro", "vit_p_1gf"):
+        a = small(name)
+        b = small(name)
+        b.set_grad_checkpointing(True)
+        x = torch.randn(2, 1, 32, 32)
+        a(x).sum().backward()
+        b(x).sum().backward()
+        for (n, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+            torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-5, atol=1e-6, msg=n)

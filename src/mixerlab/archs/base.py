@@ -17,8 +17,9 @@ from ..mixers import Mixer
 NO_DECAY_PATTERNS = ("*pos_embed*", "*cls_token*", "*relative_position_bias_table*", "*rel_*")
 
 
-def pretrained_cfg_for(cfg: ModelConfig, classifier: str, first_conv: str) -> dict[str, Any]:
+def pretrained_cfg_for(cfg: ModelConfig, classifier: str) -> dict[str, Any]:
     h, w = cfg.image_hw
+    first_conv = "stem.proj" if cfg.stem.name in ("patch", "patch_norm") else "stem.proj.0"
     if cfg.mean is not None and cfg.std is not None:
         mean, std = tuple(cfg.mean), tuple(cfg.std)
     elif cfg.in_chans == 3:
@@ -42,6 +43,16 @@ class MixerNet(nn.Module):
     config: ModelConfig
     feature_info: list[dict[str, Any]]
     trunk: str  # attribute holding the sequence forward_intermediates indexes ("stages" or "blocks")
+    classifier: str  # qualified name of the final Linear
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        cfg.validate()
+        self.config = cfg
+        self.num_classes = cfg.num_classes
+        self.in_chans = cfg.in_chans
+        self.grad_checkpointing = False
+        self.pretrained_cfg = self.default_cfg = pretrained_cfg_for(cfg, self.classifier)
 
     def _init_weights(self) -> None:
         """Truncated normal (std .02) for conv / linear weights, zero biases (SPEC 3), then each

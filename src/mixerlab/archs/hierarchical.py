@@ -28,7 +28,7 @@ from ..config import ModelConfig
 from ..layers import LayerNorm2d
 from ..mixers import MixerContext, build_mixer
 from ..stems import Stem
-from .base import MixerNet, drop_path_rates, pretrained_cfg_for
+from .base import MixerNet, drop_path_rates
 
 
 class Downsample(nn.Module):
@@ -103,15 +103,11 @@ class Head(nn.Module):
 
 class HierarchicalNet(MixerNet):
     trunk = "stages"
+    classifier = "head.fc"
 
     def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        cfg.validate()
-        self.config = cfg
-        self.num_classes = cfg.num_classes
-        self.in_chans = cfg.in_chans
+        super().__init__(cfg)
         self.num_features = cfg.dims[-1]
-        self.grad_checkpointing = False
         self.stem = Stem(cfg.stem, cfg.in_chans, cfg.dims[0], cfg.norm_eps)
         block_cls = BLOCK_TYPES[cfg.block]
         norms = {} if cfg.block == "convnext" else {"norm1": cfg.norm1, "norm2": cfg.norm2}
@@ -135,9 +131,6 @@ class HierarchicalNet(MixerNet):
         self.norm = nn.LayerNorm(cfg.dims[-1], eps=cfg.norm_eps) if cfg.head == "norm_pool" else nn.Identity()
         self.head = Head(cfg.head, cfg.dims[-1], cfg.num_classes, cfg.head_ratio, cfg.norm_eps)
         self.head_hidden_size = self.head.hidden
-        first_conv = "stem.proj" if cfg.stem.name in ("patch", "patch_norm") else "stem.proj.0"
-        self.pretrained_cfg = pretrained_cfg_for(cfg, "head.fc", first_conv)
-        self.default_cfg = self.pretrained_cfg
         self._init_weights()
 
     # ---- timm model contract -----------------------------------------------------------------

@@ -24,23 +24,19 @@ from ..blocks import MetaBlock
 from ..config import ModelConfig
 from ..mixers import MixerContext, build_mixer
 from ..stems import Stem
-from .base import MixerNet, drop_path_rates, pretrained_cfg_for
+from .base import MixerNet, drop_path_rates
 
 
 class IsotropicNet(MixerNet):
     trunk = "blocks"
+    classifier = "head"
 
     def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        cfg.validate()
-        self.config = cfg
-        self.num_classes = cfg.num_classes
-        self.in_chans = cfg.in_chans
+        super().__init__(cfg)
         dim, depth, heads = cfg.dims[0], cfg.depths[0], cfg.heads[0]
         self.num_features = self.head_hidden_size = dim
         self.num_prefix_tokens = 1 if cfg.class_token else 0
         self.global_pool = cfg.head
-        self.grad_checkpointing = False
         self.grid = cfg.grid
         self.stem = Stem(cfg.stem, cfg.in_chans, dim, cfg.norm_eps)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if cfg.class_token else None
@@ -60,9 +56,6 @@ class IsotropicNet(MixerNet):
         self.head = nn.Linear(dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         p = cfg.stem.patch_size
         self.feature_info = [{"num_chs": dim, "reduction": p, "module": f"blocks.{j}"} for j in range(depth)]
-        first_conv = "stem.proj" if cfg.stem.name in ("patch", "patch_norm") else "stem.proj.0"
-        self.pretrained_cfg = pretrained_cfg_for(cfg, "head", first_conv)
-        self.default_cfg = self.pretrained_cfg
         self._init_weights()
         if self.pos_embed is not None:
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
