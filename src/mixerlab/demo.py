@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from .complexity import complexity
-from .data import DataConfig
 from .train import TrainConfig, train
 from .zoo import model_config
 
@@ -30,7 +30,8 @@ def run_demo(out: str = "runs/demo", epochs: int = 2, train_subset: int | None =
     rows = []
     for name, args in (models or DEMO_MODELS).items():
         cfg = TrainConfig(model=name, model_args=dict(args), epochs=epochs, run_dir=str(Path(out) / name),
-                          overwrite=True, data=DataConfig(train_subset=train_subset or None))
+                          overwrite=True,
+                          data=replace(TrainConfig().data, train_subset=train_subset or None))
         cfg.validate()
         print(f"\n== {name}: {epochs} epoch(s) on Fashion-MNIST 32x32"
               f"{f', {train_subset} training images' if train_subset else ''} ==", flush=True)

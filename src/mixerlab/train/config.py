@@ -40,15 +40,15 @@ class TrainConfig:
 
     model: str = "u_convnext_micro"
     model_args: dict[str, Any] = field(default_factory=dict)  # model config overrides or mixer args
-    drop_path: float | None = 0.05  # None: the named model's own rate
-    data: DataConfig = field(default_factory=DataConfig)
+    drop_path: float | None = 0.0  # None: the named model's own rate
+    data: DataConfig = field(default_factory=lambda: DataConfig(augment="none"))
     run_dir: str | None = None  # default: runs/<model>-<data>-s<seed>
     epochs: int = 10
     batch_size: int = 128
     eval_batch_size: int = 256
     accum_steps: int = 1
     opt: str = "adamw"
-    lr: float = 3e-3
+    lr: float = 2e-3
     weight_decay: float = 0.05
     momentum: float = 0.9
     opt_eps: float | None = None
@@ -60,7 +60,7 @@ class TrainConfig:
     decay_epochs: int = 30  # step scheduler
     decay_milestones: list[int] = field(default_factory=lambda: [30, 60, 90])  # multistep scheduler
     decay_rate: float = 0.1
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.0
     mixup: float = 0.0
     cutmix: float = 0.0
     mixup_prob: float = 1.0
