@@ -127,6 +127,45 @@ def naive_halo(m: HaloAttention, x: torch.Tensor) -> torch.Tensor:
     return y @ m.proj.weight.T + m.proj.bias
 
 
+def naive_window(m: WindowAttention, x: torch.Tensor) -> torch.Tensor:
+    """Loop over samples, heads and queries; keys = on-map tokens of the query's (shifted) window.
+
+    Shifted windows are those of the grid offset by s: rows r, r' share one iff floor((r - s) / w) agree
+    (same for columns); the relative position is the plain difference of coordinates.
+    """
+    b, hh, ww, c = x.shape
+    nh, d = m.num_heads, c // m.num_heads
+    (wh, wwin), (sh, sw) = m.window, m.shift
+    qkv = m.qkv(x)
+    y = torch.zeros(b, hh, ww, c, dtype=x.dtype)
+    rows, cols = torch.meshgrid(torch.arange(hh), torch.arange(ww), indexing="ij")
+    gid = torch.div(rows - sh, wh, rounding_mode="floor") * 1000 + torch.div(cols - sw, wwin, rounding_mode="floor")
+    for s in range(b):
+        for h in range(nh):
+            q, k, v = (qkv[s, ..., i * c + h * d:i * c + (h + 1) * d] for i in range(3))
+            for i in range(hh):
+                for j in range(ww):
+                    keys = gid == gid[i, j]
+                    rel = (i - rows[keys] + wh - 1) * (2 * wwin - 1) + (j - cols[keys] + wwin - 1)
+                    logits = k[keys] @ q[i, j] * d ** -0.5 + m.relative_position_bias_table[rel, h]
+                    y[s, i, j, h * d:(h + 1) * d] = naive_act(logits, m.attn_act) @ v[keys]
+    return y @ m.proj.weight.T + m.proj.bias
+
+
+@pytest.mark.parametrize("act", ATTN_ACTS)
+@pytest.mark.parametrize(("res", "window"), [((8, 8), 7), ((6, 5), 4), ((8, 8), 4)])
+@pytest.mark.parametrize("index", [0, 1])
+def test_window_matches_naive_reference(act: str, res: tuple[int, int], window: int, index: int) -> None:
+    # 8x8 with window 7 is the 32-px U-Swin stage 1: padded to 14x14, shifted by 3 in odd blocks.
+    m = WindowAttention(MixerContext(dim=8, num_heads=2, index=index, resolution=res), window_size=window,
+                        attn_act=act).double()
+    with torch.no_grad():
+        m.relative_position_bias_table.normal_()
+    x = torch.randn(2, *res, 8, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), naive_window(m, x))
+
+
 @pytest.mark.parametrize("act", ATTN_ACTS)
 def test_halo_with_padding_matches_naive_reference(act: str) -> None:
     # 9 x 10 is padded to 14 x 14: blocks at the border see padded keys, which must be excluded.

@@ -158,3 +158,33 @@ def test_grad_checkpointing_gives_same_gradients() -> None:
         b(x).sum().backward()
         for (n, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
             torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-5, atol=1e-6, msg=n)
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (2, 1), (1, 3)])
+def test_downsample_bf16_one_pixel_map(hw: tuple[int, int]) -> None:
+    """A 16-px U-ConvNeXt shrinks to 1x1 before its last downsample; bf16 gradients there must be exact zeros
+    on the padding-only taps (oneDNN returns garbage for them without the explicit padding), and equal fp32's."""
+    from mixerlab.archs.hierarchical import Downsample
+
+    torch.manual_seed(0)
+    down = Downsample("conv3x3", 16, 16, 1e-6)
+    x = torch.randn(8, *hw, 16)
+    r = torch.randn(8, (hw[0] + 1) // 2, (hw[1] + 1) // 2, 16)  # a loss whose gradient LayerNorm does not cancel
+    for _ in range(20):  # the garbage is intermittent: repeat
+        down.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            (down(x).float() * r).sum().backward()
+        g = down.conv.weight.grad
+        assert torch.isfinite(g).all()
+        # Rows/cols of the kernel that only ever see padding (the map is one pixel along that side) get no gradient.
+        if hw[0] == 1:
+            assert (g[:, :, 0] == 0).all() and (g[:, :, 2] == 0).all()
+        if hw[1] == 1:
+            assert (g[:, :, :, 0] == 0).all() and (g[:, :, :, 2] == 0).all()
+    down.zero_grad()
+    (down(x).float() * r).sum().backward()
+    ref = down.conv.weight.grad.clone()
+    down.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        (down(x).float() * r).sum().backward()
+    torch.testing.assert_close(down.conv.weight.grad, ref, rtol=0.05, atol=0.05 * ref.abs().max().item())

@@ -122,7 +122,7 @@ def test_accumulation_matches_one_big_batch(tmp_path):
 
 def test_mixup_ema_bf16_sgd_run(tmp_path):
     rec = train(tiny(tmp_path / "r", epochs=1, warmup_epochs=0, mixup=0.8, cutmix=1.0, ema=True, ema_decay=0.9,
-                     amp="bf16", opt="sgd", lr=0.05, label_smoothing=0.1, channels_last=True))
+                     amp="bf16", opt="sgd", lr=0.05, channels_last=True))
     assert rec.status == "completed"
     last = rows(tmp_path / "r")[-1]
     assert 0 <= last["ema_eval_top1"] <= 100 and last["ema_eval_loss"] != last["eval_loss"]

@@ -2,14 +2,18 @@
 
 For a grid ``x`` of shape ``(B, H, W, C)`` and window ``w``:
 
-    x' = roll(x, -s)  if this block shifts (odd blocks, s = w // 2), else x
-    x' is zero-padded at the bottom/right to multiples of w and cut into w x w windows
+    x is zero-padded at the bottom/right to multiples of w (Hp x Wp)
+    x' = roll(x, -s)  if this block shifts (odd blocks, s = w // 2), else x; cut into w x w windows
     per window and head: y = act(q k^T / sqrt(d) + B_rel) v,  B_rel from a (2w-1)^2 x h table
-    windows are merged, the padding is cropped, the roll undone, then a Linear projection.
+    windows are merged, the roll undone, the padding cropped, then a Linear projection.
 
-A shifted window may gather tokens that are not neighbours in the image; like Swin, such
-pairs are masked (softmax logit -100). Padded tokens are masked as keys as well (timm lets them
-take part; mixerlab does not, so the output does not depend on how much padding a map needs).
+Shifted windows are the windows of the padded grid offset by s: original rows r and r' share a
+window iff floor((r - s) / w) == floor((r' - s) / w) (same for columns). The roll makes them
+contiguous; the pairs it brings together across the wrap are masked (softmax logit -100), as in
+Swin. Padding before rolling is the official Swin order (its detection code); timm rolls first and
+pads after, so there a shifted window on a map that needs padding mixes rows from both ends of the
+image. Padded tokens are masked as keys too (timm and Swin let them take part; mixerlab does not,
+so the output does not depend on how much padding a map needs).
 When the map at the model's image size is not larger than the window along a side, the window
 shrinks to the map and that side is not shifted (as in Swin and STM-Evaluation); the
 relative-position table is sized for the effective window.
@@ -97,9 +101,10 @@ class WindowAttention(Mixer):
                     for ws in cols:
                         region[hs, ws] = cnt
                         cnt += 1
-                # Padding sits at the bottom/right of the *shifted* map; give it its own region id.
-                region[h:, :] = -1
-                region[:, w:] = -1
+                # Padding (bottom/right of the unshifted grid, rolled with it) gets its own id, never a key.
+                real = torch.zeros(hp, wp, dtype=torch.bool, device=device)
+                real[:h, :w] = True
+                region[~torch.roll(real, shifts=(-sh, -sw), dims=(0, 1))] = -1
                 win = window_partition(region[None, :, :, None], wh, ww).squeeze(-1)  # (nW, N)
                 self._masks[key] = (win[:, :, None] == win[:, None, :]) & (win[:, None, :] >= 0)
         return self._masks[key]
@@ -107,11 +112,11 @@ class WindowAttention(Mixer):
     def forward(self, x: Tensor) -> Tensor:
         b, h, w, c = x.shape
         (wh, ww), (sh, sw) = self.window, self.shift
-        if sh or sw:
-            x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
         ph, pw = (wh - h % wh) % wh, (ww - w % ww) % ww
         x = F.pad(x, (0, 0, 0, pw, 0, ph))
         hp, wp = h + ph, w + pw
+        if sh or sw:
+            x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
         win = window_partition(x, wh, ww)  # (B*nW, N, C)
         bn, n, _ = win.shape
         qkv = self.qkv(win).reshape(bn, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
@@ -124,7 +129,7 @@ class WindowAttention(Mixer):
             mask = mask[None, :, None].expand(b, -1, -1, -1, -1).reshape(bn, 1, n, n)
         y = attend(qkv[0], qkv[1], qkv[2], act=self.attn_act, bias=bias, mask=mask, fused=self.fused)
         y = self.proj(y.transpose(1, 2).reshape(bn, n, c))
-        y = window_reverse(y, wh, ww, hp, wp)[:, :h, :w]
+        y = window_reverse(y, wh, ww, hp, wp)
         if sh or sw:
             y = torch.roll(y, shifts=(sh, sw), dims=(1, 2))
-        return y
+        return y[:, :h, :w]
