@@ -24,7 +24,7 @@ from mixerlab.mixers.attention import GlobalAttention
 from mixerlab.mixers.dwattn import DepthwiseAttention
 from mixerlab.mixers.halo import HaloAttention
 from mixerlab.mixers.sra import SpatialReductionAttention
-from mixerlab.mixers.window import WindowAttention
+from mixerlab.mixers.window import WindowAttention, fit_window
 
 TOL = {"rtol": 1e-5, "atol": 1e-6}
 
@@ -153,17 +153,30 @@ def naive_window(m: WindowAttention, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("act", ATTN_ACTS)
-@pytest.mark.parametrize(("res", "window"), [((8, 8), 7), ((6, 5), 4), ((8, 8), 4)])
+@pytest.mark.parametrize(("res", "window", "fit"), [((8, 8), 7, "pad"), ((6, 5), 4, "pad"), ((8, 8), 4, "pad"),
+                                                    ((9, 10), 7, "balance")])
 @pytest.mark.parametrize("index", [0, 1])
-def test_window_matches_naive_reference(act: str, res: tuple[int, int], window: int, index: int) -> None:
-    # 8x8 with window 7 is the 32-px U-Swin stage 1: padded to 14x14, shifted by 3 in odd blocks.
+def test_window_matches_naive_reference(act: str, res: tuple[int, int], window: int, fit: str, index: int) -> None:
+    # 8x8 with window 7 padded is the 32-px U-Swin stage 1 under "pad": a 14x14 grid, shifted by 3 in odd blocks;
+    # 9x10 balanced is 5x5 windows with one padded row (shift 2).
     m = WindowAttention(MixerContext(dim=8, num_heads=2, index=index, resolution=res), window_size=window,
-                        attn_act=act).double()
+                        attn_act=act, window_fit=fit).double()
     with torch.no_grad():
         m.relative_position_bias_table.normal_()
     x = torch.randn(2, *res, 8, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(m(x), naive_window(m, x))
+
+
+@pytest.mark.parametrize(("size", "balance", "pad"), [(56, (7, 3), (7, 3)), (14, (7, 3), (7, 3)), (7, (7, 0), (7, 0)),
+                                                     (4, (4, 0), (4, 0)), (8, (4, 2), (7, 3)), (9, (5, 2), (7, 3)),
+                                                     (12, (6, 3), (7, 3)), (15, (5, 2), (7, 3))])
+def test_window_fit(size: int, balance: tuple[int, int], pad: tuple[int, int]) -> None:
+    # (window, shift) along one side for window_size 7: "balance" keeps the window count, equalises the windows.
+    assert fit_window(size, 7, "balance") == balance and fit_window(size, 7, "pad") == pad
+    m = WindowAttention(MixerContext(dim=8, num_heads=2, index=1, resolution=(size, 56)), window_size=7)
+    assert m.window == (balance[0], 7) and m.shift == (balance[1], 3)
+    assert m.relative_position_bias_table.shape == ((2 * balance[0] - 1) * 13, 2)
 
 
 @pytest.mark.parametrize("act", ATTN_ACTS)
@@ -341,9 +354,11 @@ def naive_dwattn(m: DepthwiseAttention, x: torch.Tensor) -> torch.Tensor:
     else:
         q, k = (x @ m.qk.weight.T + m.qk.bias).split(c, dim=-1)
     v = x @ m.v.weight.T + m.v.bias
-    ws = m.window_size
     rows, cols = torch.meshgrid(torch.arange(hh), torch.arange(ww), indexing="ij")
-    region = (rows // ws * 1000 + cols // ws).flatten() if ws else torch.zeros(hh * ww, dtype=torch.long)
+    region = torch.zeros(hh * ww, dtype=torch.long)
+    if m.window_size:
+        wh, wc = (fit_window(r, m.window_size, m.window_fit)[0] for r in (hh, ww))
+        region = (rows // wh * 1000 + cols // wc).flatten()
     q, k, v = (t.reshape(b, hh * ww, c) for t in (q, k, v))
     y = torch.zeros(b, hh * ww, c, dtype=x.dtype)
     for s in range(b):
@@ -356,16 +371,16 @@ def naive_dwattn(m: DepthwiseAttention, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("act", ATTN_ACTS)
 @pytest.mark.parametrize("dw_proj", [False, True])
-@pytest.mark.parametrize("window_size", [None, 4])
-def test_dwattn_matches_per_channel_reference(act: str, dw_proj: bool, window_size: int | None) -> None:
+@pytest.mark.parametrize(("window_size", "fit"), [(None, "balance"), (4, "balance"), (4, "pad")])
+def test_dwattn_matches_per_channel_reference(act: str, dw_proj: bool, window_size: int | None, fit: str) -> None:
     # float64: with head dim 1 the LayerNorm activations are ill-conditioned for small |q_i|, so
     # fp32 round-off would hide the comparison.
     ctx = MixerContext(dim=6, num_heads=1)
-    m = DepthwiseAttention(ctx, window_size=window_size, dw_proj=dw_proj, attn_act=act).double()
+    m = DepthwiseAttention(ctx, window_size=window_size, dw_proj=dw_proj, attn_act=act, window_fit=fit).double()
     with torch.no_grad():
         for p in m.parameters():
             p.normal_(0, 0.5)
-    x = torch.randn(1, 5, 6, 6, dtype=torch.float64)  # windows of 4 need padding to 8 x 8
+    x = torch.randn(1, 5, 6, 6, dtype=torch.float64)  # padded to 8 x 8 (windows of 4) or 6 x 6 (balanced: 3)
     with torch.no_grad():
         torch.testing.assert_close(m(x), naive_dwattn(m, x))
 
@@ -425,6 +440,7 @@ def test_registered_names() -> None:
     ("sra", {"pos_embed": "absolute"}, "pos_embed"),
     ("dwattn", {"window_size": 0}, "window_size"),
     ("dwattn", {"attn_act": "softplus"}, "attn_act"),
+    ("window", {"window_fit": "crop"}, r"window_fit='crop' is invalid: allowed values are \['balance', 'pad'\]"),
 ])
 def test_bad_arguments_are_rejected_by_name(name: str, args: dict, field: str) -> None:
     with pytest.raises(ConfigError, match=field):

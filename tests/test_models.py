@@ -92,7 +92,8 @@ def test_window_padding_is_masked() -> None:
     from mixerlab.mixers.window import relative_position_index
 
     torch.manual_seed(0)
-    m = build_mixer("window", MixerContext(dim=8, num_heads=2, index=0, resolution=(6, 6)), window_size=4).eval()
+    m = build_mixer("window", MixerContext(dim=8, num_heads=2, index=0, resolution=(6, 6)), window_size=4,
+                    window_fit="pad").eval()
     x = torch.randn(1, 6, 6, 8)
     with torch.no_grad():
         y = m(x)[:, 4:6, 0:4].reshape(1, 8, 8)  # window rows 4-7 hold real rows 4-5 + 2 padded rows

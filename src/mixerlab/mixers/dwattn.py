@@ -15,8 +15,10 @@ For a grid ``x`` of shape ``(B, H, W, C)`` and a channel c (head dim 1, so the s
 
 ``act`` is any activation of :mod:`mixerlab.mixers.attend`. ``window_size=None`` lets j range over
 the whole map; an integer restricts i and j to the same non-overlapping ``w x w`` window (no
-shift). The window shrinks to the map along a side not larger than it; otherwise the map is
-zero-padded at the bottom / right to a multiple of w and padded keys are masked out exactly
+shift). The window shrinks to the map along a side not larger than it; on a larger map that w does
+not divide, ``window_fit`` picks equal windows (``"balance"``, default) or keeps w (``"pad"``), as
+in :mod:`mixerlab.mixers.window`. The map is then
+zero-padded at the bottom / right to a multiple of the window and padded keys are masked out exactly
 (softmax logit -inf: the unscaled head-dim-1 logits are unbounded, so Swin's -100 would not do;
 excluded from N for the other activations), so the output never depends on the padding; padded
 queries are cropped. Unlike the dense heads of
@@ -35,19 +37,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import ConfigError
+from ..config import ConfigError, check_choice
 from .attend import attend, check_attn_act
 from .base import Mixer, MixerContext
 from .halo import exclude_keys
-from .window import window_partition, window_reverse
+from .window import WINDOW_FITS, fit_window, window_partition, window_reverse
 
 
 class DepthwiseAttention(Mixer):
     def __init__(self, ctx: MixerContext, *, window_size: int | None = None, dw_proj: bool = False,
-                 attn_act: str = "softmax", qkv_bias: bool = True, fused: bool = True) -> None:
+                 attn_act: str = "softmax", qkv_bias: bool = True, fused: bool = True,
+                 window_fit: str = "balance") -> None:
         super().__init__()
         c = ctx.dim
         self.window_size = window_size
+        self.window_fit = window_fit
         self.attn_act = attn_act
         self.fused = fused
         # Depth-wise: one weight (and bias) per channel for q and one for k.
@@ -62,6 +66,7 @@ class DepthwiseAttention(Mixer):
         ws = args.get("window_size")
         if ws is not None and (not isinstance(ws, int) or isinstance(ws, bool) or ws < 1):
             raise ConfigError(f"mixer.args.window_size={ws!r} is invalid: null (global) or a positive integer")
+        check_choice("mixer.args.window_fit", args.get("window_fit", "balance"), WINDOW_FITS)
 
     def _qk(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if isinstance(self.qk, nn.Conv2d):
@@ -86,7 +91,7 @@ class DepthwiseAttention(Mixer):
             t = qkv.reshape(b, h * w, 3, c).permute(2, 0, 3, 1).unsqueeze(-1)  # (3, B, C, N, 1)
             y = attend(t[0], t[1], t[2], act=self.attn_act, scale=1.0, fused=self.fused)
             return self.proj(y.squeeze(-1).transpose(1, 2).reshape(b, h, w, c))
-        wh, ww = min(self.window_size, h), min(self.window_size, w)
+        wh, ww = (fit_window(r, self.window_size, self.window_fit)[0] for r in (h, w))
         ph, pw = (-h) % wh, (-w) % ww
         win = window_partition(F.pad(qkv, (0, 0, 0, pw, 0, ph)), wh, ww)  # (B*nW, n, 3C)
         bn, n, _ = win.shape

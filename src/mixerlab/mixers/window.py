@@ -15,21 +15,32 @@ pads after, so there a shifted window on a map that needs padding mixes rows fro
 image. Padded tokens are masked as keys too (timm and Swin let them take part; mixerlab does not,
 so the output does not depend on how much padding a map needs).
 When the map at the model's image size is not larger than the window along a side, the window
-shrinks to the map and that side is not shifted (as in Swin and STM-Evaluation); the
-relative-position table is sized for the effective window.
+shrinks to the map and that side is not shifted (as in Swin and STM-Evaluation). When it is larger
+but not a multiple of the window, ``window_fit`` decides (per side, at the model's image size):
+
+* ``"balance"`` (default): keep the number of windows padding would give, n = ceil(map / w), and
+  make them equal, w' = ceil(map / n) <= w, shift w' // 2. A 32-px U-Swin's 8x8 stage-1 grid gets
+  2 x 2 windows of 4 x 4 instead of one 7 x 7 window and three slivers (7 x 1, 1 x 7, 1 x 1) of a
+  14 x 14 padded grid, which wasted 2/3 of the attention and trained markedly worse
+  (docs/benchmarks.md).
+* ``"pad"``: keep w and pad (timm's and Swin's detection behaviour).
+
+Both give w whenever it divides the map (every stage of the published 224-px models), so they
+agree there. The relative-position table is sized for the effective window.
 Local attention is a dynamic depth-wise convolution with a w x w support that is shared by the
 channels of a head (Han et al., 2022).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import ConfigError
+from ..config import ConfigError, check_choice
 from .attend import attend, check_attn_act
 from .base import Mixer, MixerContext
 
@@ -40,6 +51,18 @@ def relative_position_index(wh: int, ww: int, device: torch.device | None = None
                                         indexing="ij")).flatten(1)
     rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)
     return (rel[..., 0] + wh - 1) * (2 * ww - 1) + rel[..., 1] + ww - 1
+
+
+WINDOW_FITS = ("balance", "pad")
+
+
+def fit_window(size: int, window: int, fit: str = "balance") -> tuple[int, int]:
+    """Effective ``(window, shift)`` along a side of ``size`` tokens (see the module docstring)."""
+    if size <= window:
+        return size, 0
+    if fit == "balance":
+        window = math.ceil(size / math.ceil(size / window))
+    return window, window // 2
 
 
 def window_partition(x: Tensor, wh: int, ww: int) -> Tensor:
@@ -58,12 +81,12 @@ def window_reverse(x: Tensor, wh: int, ww: int, h: int, w: int) -> Tensor:
 class WindowAttention(Mixer):
     def __init__(self, ctx: MixerContext, *, window_size: int = 7, shift: bool = True,
                  attn_act: str = "softmax", qkv_bias: bool = True, rel_pos: bool = True,
-                 fused: bool = True) -> None:
+                 fused: bool = True, window_fit: str = "balance") -> None:
         super().__init__()
-        h, w = ctx.resolution
-        self.window = (min(window_size, h), min(window_size, w))
+        fits = [fit_window(r, window_size, window_fit) for r in ctx.resolution]
+        self.window = (fits[0][0], fits[1][0])
         shifting = shift and ctx.index % 2 == 1
-        self.shift = tuple(0 if not shifting or r <= window_size else window_size // 2 for r in (h, w))
+        self.shift = (fits[0][1], fits[1][1]) if shifting else (0, 0)
         self.num_heads = ctx.num_heads
         self.attn_act = attn_act
         self.fused = fused
@@ -84,6 +107,7 @@ class WindowAttention(Mixer):
         ws = args.get("window_size", 7)
         if not isinstance(ws, int) or ws < 1:
             raise ConfigError(f"mixer.args.window_size={ws!r} is invalid: a positive integer")
+        check_choice("mixer.args.window_fit", args.get("window_fit", "balance"), WINDOW_FITS)
 
     def _mask(self, h: int, w: int, hp: int, wp: int, device: torch.device) -> Tensor | None:
         """``(nW, N, N)`` may-attend mask for shifted regions and padding, or None when all may."""
