@@ -79,6 +79,20 @@ def test_cli_flags_override_yaml():
     assert cfg.weight_decay == 0.05 and cfg.data.name == "fashion-mnist"  # untouched: from the YAML
 
 
+def test_cli_without_config_trains_the_default_recipe():
+    """The issue's command (flags only, no --config) must train exactly the small-grey recipe."""
+    import argparse
+
+    from mixerlab.train.cli import add_train_commands
+    parser = argparse.ArgumentParser()
+    add_train_commands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train", "--model", "u_swin_micro", "--data", "fashion-mnist", "--img-size", "32",
+                              "--in-chans", "1", "--epochs", "10", "--out", "runs/swin"])
+    cfg = TrainConfig.from_sources(args.config, overrides_from_args(args))
+    recipe = TrainConfig.from_sources(ROOT / "recipes" / "small_grey.yaml")
+    assert cfg == dataclasses.replace(recipe, model="u_swin_micro", run_dir="runs/swin")
+
+
 def test_no_weight_decay_on_norms_biases_and_tables():
     from mixerlab import create_model
     from mixerlab.train.distributed import DistEnv
