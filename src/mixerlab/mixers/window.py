@@ -21,8 +21,8 @@ but not a multiple of the window, ``window_fit`` decides (per side, at the model
 * ``"balance"`` (default): keep the number of windows padding would give, n = ceil(map / w), and
   make them equal, w' = ceil(map / n) <= w, shift w' // 2. A 32-px U-Swin's 8x8 stage-1 grid gets
   2 x 2 windows of 4 x 4 instead of one 7 x 7 window and three slivers (7 x 1, 1 x 7, 1 x 1) of a
-  14 x 14 padded grid, which wasted 2/3 of the attention and trained markedly worse
-  (docs/benchmarks.md).
+  14 x 14 grid that is two thirds padding: on Fashion-MNIST it trained to 92.00% vs 91.75% top-1
+  in 10 epochs, with 26% less time per epoch (docs/benchmarks.md).
 * ``"pad"``: keep w and pad (timm's and Swin's detection behaviour).
 
 Both give w whenever it divides the map (every stage of the published 224-px models), so they
