@@ -74,3 +74,12 @@ def odd_kernel(name: str, k: Any) -> None:
 def positive_int(name: str, v: Any) -> None:
     if not isinstance(v, int) or v < 1:
         raise ConfigError(f"mixer.args.{name}={v!r} is invalid: a positive integer")
+
+
+def check_reduction(args: dict[str, Any], dim: int, hidden: str) -> None:
+    """``reduction`` (default 4) of a squeeze MLP of width ``dim // reduction``; ``hidden`` names that MLP."""
+    r = args.get("reduction", 4)
+    positive_int("reduction", r)
+    if dim // r < 1:
+        raise ConfigError(f"mixer.args.reduction={r!r} is invalid for width {dim}: "
+                          f"{hidden} hidden width dim // reduction must be >= 1 (reduction <= {dim})")

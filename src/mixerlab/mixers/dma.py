@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ConfigError
-from .base import Mixer, MixerContext, odd_kernel, positive_int
+from .base import Mixer, MixerContext, check_reduction, odd_kernel, positive_int
 
 
 class DMA(Mixer):
@@ -68,11 +68,7 @@ class DMA(Mixer):
                     f"{resolution[0]}x{resolution[1]} map: the receptive field {r * (k - 1) + 1} is larger than "
                     f"the {2 * side - 1}-wide padded map its outer taps can reach (they would read only zero "
                     f"padding); allowed dilations are 1..{max_r}")
-        red = args.get("reduction", 4)
-        positive_int("reduction", red)
-        if dim // red < 1:
-            raise ConfigError(f"mixer.args.reduction={red!r} is invalid for width {dim}: "
-                              f"the gate's hidden width dim // reduction must be >= 1 (reduction <= {dim})")
+        check_reduction(args, dim, "the gate's")
 
     def gate(self, x: Tensor) -> Tensor:
         """``(B, H, W, C) -> (B, C)`` in (0, 1)."""

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ConfigError
-from .base import Mixer, MixerContext, odd_kernel, positive_int
+from .base import Mixer, MixerContext, check_reduction, odd_kernel, positive_int
 
 
 def dynamic_depthwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -126,11 +126,7 @@ def idynamic_groups(groups: int | None, dim: int, num_heads: int) -> int:
 def check_dynamic_args(args: dict[str, Any], *, dim: int, num_heads: int, inhomogeneous: bool) -> None:
     """Shared value checks of the dynamic convs (also used by ``conv.DWNetConv``)."""
     odd_kernel("kernel_size", args.get("kernel_size", 7))
-    r = args.get("reduction", 4)
-    positive_int("reduction", r)
-    if dim // r < 1:
-        raise ConfigError(f"mixer.args.reduction={r!r} is invalid for width {dim}: "
-                          f"the kernel generator's hidden width dim // reduction must be >= 1 (reduction <= {dim})")
+    check_reduction(args, dim, "the kernel generator's")
     if not inhomogeneous:
         return
     groups = args.get("groups")

@@ -18,7 +18,7 @@ import hashlib
 import importlib.util
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -94,9 +94,8 @@ class TrainConfig:
         if isinstance(data, dict):
             check_keys(DataConfig, data, "recipe keys data.*")
             # Fields a recipe or flag leaves out come from the recipe's data defaults, not DataConfig's.
-            data = {**asdict(cls().data), **data}
-            data = DataConfig(**{k: tuple(v) if k in ("mean", "std") and v is not None else v
-                                 for k, v in data.items()})
+            data = dataclasses.replace(cls().data, **{k: tuple(v) if k in ("mean", "std") and v is not None else v
+                                                      for k, v in data.items()})
         return cls(**d, **({"data": data} if data is not None else {}))
 
     @classmethod
