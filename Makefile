@@ -26,6 +26,13 @@ data:
 
 test: $(STAMP) data
 	$(BIN)/python -m pytest -q
+	$(MAKE) --no-print-directory timm-contract
+
+# timm's own tests/test_models.py (from the installed timm's sdist, cached in .cache/timm-sdist/)
+# against our registered models; see tests_timm/conftest.py. Extra pytest args: make timm-contract ARGS='-x'
+.PHONY: timm-contract
+timm-contract: $(STAMP)
+	PY=$(BIN)/python .ci/timm_contract.sh $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -17,7 +17,7 @@ import torch
 
 from mixerlab.config import ConfigError
 from mixerlab.data import DataConfig
-from mixerlab.train import CheckpointError, TrainConfig, train
+from mixerlab.train import CheckpointError, RunDir, TrainConfig, train
 from mixerlab.train.checkpoint import rng_state, set_rng_state
 from mixerlab.train.metrics import TIMING_KEYS
 
@@ -111,6 +111,8 @@ def test_checkpoint_files(finished):
     state = torch.load(ck / m["state"], weights_only=True)  # no pickled objects
     assert state["position"]["global_step"] == m["global_step"] == 3 * 16
     assert {"optimizer", "scheduler", "scaler", "rng"} <= set(state)
+    record = RunDir(finished).record()  # the record and the manifest name the same model by the same hash
+    assert (record.model_config, record.model_config_hash) == (m["model_config"], m["model_config_hash"])
 
 
 def test_rng_state_round_trip():

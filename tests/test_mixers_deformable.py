@@ -1,5 +1,7 @@
 """DCNv3 mixer: grid_sample aggregation vs an independent bilinear loop, the zero-offset limit (a 3x3
-average), gradients, batch independence, argument checks and the zero init inside a built model."""
+average), gradients, batch independence, argument checks and the zero init inside a built model.
+Comparisons run in float64 at 1e-10 of the output's magnitude (:func:`assert_close64`), independent of the
+machine's float32 rounding."""
 
 from __future__ import annotations
 
@@ -12,6 +14,11 @@ import torch.nn.functional as F
 from mixerlab import ConfigError, MixerConfig, ModelConfig, StemConfig, build_mixer, build_model, create_model
 from mixerlab.mixers import MixerContext
 from mixerlab.mixers.deformable import DeformableConv, deform_aggregate, sampling_points
+
+
+def assert_close64(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    assert actual.dtype == expected.dtype == torch.float64
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-10 * expected.abs().max().item())
 
 
 def naive_aggregate(value, offsets, weights, kernel_size, dilation, scale):
@@ -51,12 +58,11 @@ def test_grid_sample_matches_naive_bilinear(kernel_size, dilation, scale):
     torch.manual_seed(0)
     b, h, w, g, d = 2, 5, 6, 2, 3
     p = kernel_size ** 2
-    value = torch.randn(b, h, w, g * d)
-    offsets = torch.randn(b, h, w, g, p, 2) * 2.0  # reaches well outside the 5x6 map
-    weights = torch.randn(b, h, w, g, p).softmax(-1)
+    value = torch.randn(b, h, w, g * d, dtype=torch.float64)
+    offsets = torch.randn(b, h, w, g, p, 2, dtype=torch.float64) * 2.0  # reaches well outside the 5x6 map
+    weights = torch.randn(b, h, w, g, p, dtype=torch.float64).softmax(-1)
     got = deform_aggregate(value, offsets, weights, sampling_points(kernel_size, dilation), scale)
-    want = naive_aggregate(value, offsets, weights, kernel_size, dilation, scale)
-    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    assert_close64(got, naive_aggregate(value, offsets, weights, kernel_size, dilation, scale))
 
 
 def test_gradients_match_finite_differences():
@@ -74,28 +80,29 @@ def test_gradients_match_finite_differences():
 def _mixer(dim=8, groups=2, **kw):
     m = build_mixer("dcn", MixerContext(dim=dim, num_heads=groups, resolution=(7, 9)), groups=groups, **kw)
     m.init_weights()
-    return m
+    return m.double()
 
 
 @pytest.mark.parametrize("kw,dil", [({}, 1), ({"offset_scale": 2.0}, 2), ({"dilation": 2}, 2)])
 def test_zero_offsets_uniform_weights_is_3x3_average(kw, dil):
     torch.manual_seed(2)
     m = _mixer(**kw)
-    x = torch.randn(2, 7, 9, 8)
-    v = m.value_proj(x).permute(0, 3, 1, 2)
-    # 3x3 mean over a zero-padded map (always divided by 9), with the grid's spacing.
-    avg = F.conv2d(v, torch.full((8, 1, 3, 3), 1 / 9), padding=dil, dilation=dil, groups=8)
-    want = m.output_proj(avg.permute(0, 2, 3, 1))
-    if dil == 1:
-        torch.testing.assert_close(avg, F.avg_pool2d(v, 3, 1, 1, count_include_pad=True))
-    torch.testing.assert_close(m(x), want, rtol=1e-5, atol=1e-6)
+    x = torch.randn(2, 7, 9, 8, dtype=torch.float64)
+    with torch.no_grad():
+        v = m.value_proj(x).permute(0, 3, 1, 2)
+        # 3x3 mean over a zero-padded map (always divided by 9), with the grid's spacing.
+        avg = F.conv2d(v, torch.full((8, 1, 3, 3), 1 / 9, dtype=torch.float64), padding=dil, dilation=dil, groups=8)
+        want = m.output_proj(avg.permute(0, 2, 3, 1))
+        if dil == 1:
+            assert_close64(avg, F.avg_pool2d(v, 3, 1, 1, count_include_pad=True))
+        assert_close64(m(x), want)
 
 
 def test_point_order_matches_stm_evaluation():
     """Point k sits at (dx, dy) = (k // 3 - 1, k % 3 - 1): a one-hot weight on k shifts the value map."""
     torch.manual_seed(3)
     m = _mixer()
-    x = torch.randn(1, 7, 9, 8)
+    x = torch.randn(1, 7, 9, 8, dtype=torch.float64)
     v = m.value_proj(x)
     for k in (1, 3, 5):
         dx, dy = k // 3 - 1, k % 3 - 1
@@ -106,7 +113,7 @@ def test_point_order_matches_stm_evaluation():
         rows, cols = slice(max(0, -dy), 7 - max(0, dy)), slice(max(0, -dx), 9 - max(0, dx))
         src_r, src_c = slice(rows.start + dy, rows.stop + dy), slice(cols.start + dx, cols.stop + dx)
         shifted[:, rows, cols] = v[:, src_r, src_c]
-        torch.testing.assert_close(m(x), m.output_proj(shifted), rtol=1e-5, atol=1e-5)
+        assert_close64(m(x), m.output_proj(shifted))
 
 
 def _randomise(m):
@@ -120,10 +127,10 @@ def _randomise(m):
 def test_no_batch_cross_talk_and_backward():
     m = _mixer(dim=8, groups=4)
     _randomise(m)
-    x = torch.randn(3, 7, 9, 8, requires_grad=True)
+    x = torch.randn(3, 7, 9, 8, dtype=torch.float64, requires_grad=True)
     y = m(x)
     x2 = x.detach().clone()
-    x2[1:] = torch.randn(2, 7, 9, 8) * 5
+    x2[1:] = torch.randn(2, 7, 9, 8, dtype=torch.float64) * 5
     torch.testing.assert_close(m(x2)[0], y[0], rtol=0, atol=0)
     y.square().sum().backward()
     assert torch.isfinite(x.grad).all()
@@ -139,24 +146,26 @@ def test_mixer_equals_its_parts():
     """The module wires query path, projections and the aggregation as documented."""
     m = _mixer(dim=8, groups=2)
     _randomise(m)
-    x = torch.randn(2, 7, 9, 8)
-    q = F.gelu(F.layer_norm(m.dw_conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1), (8,),
-                            m.dw_norm.weight, m.dw_norm.bias, 1e-5))
-    off = m.sampling_offsets(q).view(2, 7, 9, 2, 9, 2)
-    wts = m.attention_weights(q).view(2, 7, 9, 2, 9).softmax(-1)
-    want = m.output_proj(naive_aggregate(m.value_proj(x), off, wts, 3, 1, 1.0).float())
-    torch.testing.assert_close(m(x), want, rtol=1e-5, atol=1e-5)
+    x = torch.randn(2, 7, 9, 8, dtype=torch.float64)
+    with torch.no_grad():
+        q = F.gelu(F.layer_norm(m.dw_conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1), (8,),
+                                m.dw_norm.weight, m.dw_norm.bias, 1e-5))
+        off = m.sampling_offsets(q).view(2, 7, 9, 2, 9, 2)
+        wts = m.attention_weights(q).view(2, 7, 9, 2, 9).softmax(-1)
+        want = m.output_proj(naive_aggregate(m.value_proj(x), off, wts, 3, 1, 1.0))
+        assert_close64(m(x), want)
 
 
-def _tiny_config(**mixer_args):
-    return ModelConfig(stem=StemConfig("unified", patch_size=4), mixer=MixerConfig("dcn", mixer_args),
+def _tiny_config(mixer=None, **mixer_args):
+    """Two stages (widths 16 / 32, heads 2 / 4); ``mixer`` a per-stage list, else one dcn with ``mixer_args``."""
+    return ModelConfig(stem=StemConfig("unified", patch_size=4), mixer=mixer or MixerConfig("dcn", mixer_args),
                        depths=[1, 1], dims=[16, 32], heads=[2, 4], img_size=32, num_classes=5,
                        layer_scale=1e-6, stage_norm=True)
 
 
 def test_built_model_starts_from_the_regular_grid():
     torch.manual_seed(5)
-    model = build_model(_tiny_config(groups=[4, 8]))
+    model = build_model(_tiny_config([MixerConfig("dcn", {"groups": g}) for g in (4, 8)]))
     mixers = [m for _, m in model.mixers()]
     assert [m.groups for m in mixers] == [4, 8]
     for m in mixers:
@@ -206,7 +215,7 @@ def test_created_model_has_zero_offsets():
 
 
 @pytest.mark.parametrize("args,name", [
-    ({"groups": 3}, "groups"), ({"groups": 0}, "groups"), ({"groups": [2, 0]}, "groups"),
+    ({"groups": 3}, "groups"), ({"groups": 0}, "groups"), ({"groups": [2, 4]}, "groups"), ({"groups": True}, "groups"),
     ({"offset_scale": 0.0}, "offset_scale"), ({"offset_scale": -1}, "offset_scale"),
     ({"kernel_size": 4}, "kernel_size"), ({"dw_kernel_size": 2}, "dw_kernel_size"),
     ({"dilation": 0}, "dilation"), ({"zero_init": 1}, "zero_init"), ({"kernel": 3}, "kernel"),
@@ -216,8 +225,12 @@ def test_bad_arguments_are_rejected(args, name):
         DeformableConv.check_args(args, dim=8, num_heads=2, resolution=(7, 7))
 
 
-def test_bad_groups_list_is_rejected_at_build():
-    with pytest.raises(ConfigError, match="groups"):
-        build_model(_tiny_config(groups=[3, 4]))
-    with pytest.raises(ConfigError, match="stage 1"):
-        build_model(_tiny_config(groups=[2]))
+def test_groups_list_is_refused_pointing_to_per_stage_mixers():
+    with pytest.raises(ConfigError, match=r"mixer\.args\.groups=\[4, 8\] is invalid: one int; per-stage values go "
+                                          r"in per-stage mixer configs: mixer=\[\.\.\.\]"):
+        build_model(_tiny_config(groups=[4, 8]))
+
+
+def test_bad_per_stage_groups_are_rejected_at_build():
+    with pytest.raises(ConfigError, match="groups=3 is invalid: a positive divisor of the width 32 of stage 1"):
+        build_model(_tiny_config([MixerConfig("dcn", {"groups": 4}), MixerConfig("dcn", {"groups": 3})]))

@@ -11,16 +11,11 @@ import mixerlab
 ALL = mixerlab.list_models()
 
 
-# Mixer arguments that must change at 32x32: DMA's default dilations reach past maps this small
-# (its config check rejects them), so the small test models use undilated branches.
-SMALL_ARGS = {"dma": {"dilations": [1, 1, 1]}}
-
-
 def small(name: str, **kw: object) -> mixerlab.MixerNet:
-    """A registered model at a small input: 32x32 (hierarchical) or 32x32 with 16x16 patches (ViT)."""
+    """A registered model at a small input with only img_size / in_chans / num_classes: 32x32 (hierarchical)
+    or 32x32 with 16x16 patches (ViT); what must adapt to the small maps adapts itself."""
     torch.manual_seed(0)
-    extra = SMALL_ARGS.get(mixerlab.model_config(name).mixer.name, {})
-    return mixerlab.create_model(name, img_size=32, in_chans=1, num_classes=10, **extra, **kw)
+    return mixerlab.create_model(name, img_size=32, in_chans=1, num_classes=10, **kw)
 
 
 def test_registry_is_complete_and_in_timm() -> None:
@@ -62,12 +57,13 @@ def test_forward_backward_contract_independence(name: str) -> None:
     assert model.pretrained_cfg["input_size"] == (1, 32, 32)
     assert model.pretrained_cfg["classifier"] and model.get_submodule(model.pretrained_cfg["first_conv"])
     # Samples never interact: perturbing one leaves the others bit-identical (eval mode, since
-    # BatchNorm in training mode shares batch statistics by design).
+    # BatchNorm in training mode shares batch statistics by design). Pre-logits, since pycls's
+    # init zeroes the classifier.
     x3 = torch.randn(3, 1, 32, 32)
     y3 = x3.clone()
     y3[0] += torch.randn_like(y3[0])
     with torch.no_grad():
-        a, b = model(x3), model(y3)
+        a, b = (model.forward_head(model.forward_features(t), pre_logits=True) for t in (x3, y3))
     assert not torch.equal(a[0], b[0])
     assert torch.equal(a[1:], b[1:])
     model.reset_classifier(3)
@@ -189,3 +185,50 @@ def test_downsample_bf16_one_pixel_map(hw: tuple[int, int]) -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         (down(x).float() * r).sum().backward()
     torch.testing.assert_close(down.conv.weight.grad, ref, rtol=0.05, atol=0.05 * ref.abs().max().item())
+
+
+# ---- timm's keywords and contract (timm's own test_models.py runs in `make timm-contract`) -------------
+def test_features_only_through_timm() -> None:
+    f = timm.create_model("u_hybrid_window_micro", features_only=True, out_indices=(1, 3), img_size=64)
+    assert f.feature_info.channels() == [64, 256] and f.feature_info.reduction() == [8, 32]
+    outs = f(torch.randn(2, 3, 64, 64))
+    assert [tuple(o.shape) for o in outs] == [(2, 64, 8, 8), (2, 256, 2, 2)]
+    # the extractor is pruned: nothing after stage 4 (head) and nothing unused
+    sum(o.sum() for o in outs).backward()
+    assert all(p.grad is not None for p in f.parameters())
+    v = mixerlab.create_model("vit_p_1gf", features_only=True, img_size=32)
+    assert [tuple(o.shape) for o in v(torch.randn(1, 3, 32, 32))] == [(1, 192, 2, 2)] * 3
+
+
+def test_device_dtype_and_global_pool_keywords() -> None:
+    m = timm.create_model("u_swin_micro", device="meta", dtype=torch.bfloat16)
+    assert {(p.device.type, p.dtype) for p in m.parameters()} == {("meta", torch.bfloat16)}
+    assert m.pretrained_cfg["pool_size"] == (7, 7)
+    m = timm.create_model("u_convnext_micro", num_classes=0, global_pool="", img_size=64).eval()
+    assert m(torch.randn(1, 3, 64, 64)).shape == (1, int(256 * 1.5), 2, 2)  # conv-BN head map, unpooled
+    with pytest.raises(mixerlab.ConfigError, match="global_pool"):
+        timm.create_model("u_convnext_micro", global_pool="")  # unpooled maps need num_classes=0
+
+
+def test_prune_removes_the_whole_head() -> None:
+    m = small("u_swin_micro")
+    m.prune_intermediate_layers(indices=[1])
+    assert not [n for n, _ in m.named_parameters() if n.startswith("head.")]
+    feats = m.forward_intermediates(torch.randn(2, 1, 32, 32), indices=[1], intermediates_only=True)
+    feats[0].sum().backward()
+    assert all(p.grad is not None for p in m.parameters())
+
+
+def test_mixer_residual_hook_is_the_block_contract() -> None:
+    """PVT's position table enters the residual stream through the mixer's own hook: a block is
+    x' = mixer.stream(x); x' + mixer(norm1(x')) + ..., for sra as for every other mixer (identity there)."""
+    m = small("u_pvt_micro").eval()
+    blk = m.stages[0].blocks[0]
+    x = torch.randn(2, 8, 8, 32)
+    with torch.no_grad():
+        s = blk.mixer.stream(x)
+        assert not torch.equal(s, x)  # first block of the stage owns the table
+        y = s + blk.ls1(blk.mixer(blk.norm1(s)))
+        assert torch.equal(blk(x), y + blk.ls2(blk.mlp(blk.norm2(y))))
+        assert torch.equal(m.stages[0].blocks[1].mixer.stream(x), x)
+        assert torch.equal(small("u_swin_micro").stages[0].blocks[0].mixer.stream(x), x)

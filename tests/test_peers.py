@@ -21,7 +21,20 @@ from torch import nn
 import mixerlab
 from mixerlab.zoo.peers import TIMM_PEERS
 
-TOL = 1e-4
+EPS32 = torch.finfo(torch.float32).eps
+
+
+def fp32_tol(ref: torch.Tensor, model: nn.Module) -> float:
+    """How far two float32 implementations of one network may drift apart by rounding alone.
+
+    float32 is the point here (timm's models as users run them). The two may order the terms of a length-K
+    dot product differently, which moves it by about eps * magnitude * sqrt(K) (independent roundings add
+    like a random walk); the normalised residual blocks pass that relative error on to the output instead of
+    amplifying it. So: eps32 * max|ref| * sqrt(K), K the widest reduction of the network (the largest fan-in
+    of its convs and Linears: the MLP's hidden width). About 2e-5 for Swin-T's logits, whose float32
+    rounding (against float64) is about 1.5e-6."""
+    k = max(m.weight[0].numel() for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
+    return EPS32 * ref.abs().max().item() * k ** 0.5
 Pairs = Callable[..., tuple[nn.Module, nn.Module]]
 
 
@@ -86,8 +99,8 @@ def test_same_logits_and_features_at_224(ml_name: str, pairs: Pairs) -> None:
     assert pre_o.shape == (2, theirs.num_features)
     assert logits_o.shape == (2, 1000)
     assert logits_t.abs().max() > 1.0  # the weights are not degenerate: logits are O(1)
-    assert max_diff(pre_o, pre_t) <= TOL
-    assert max_diff(logits_o, logits_t) <= TOL
+    assert max_diff(pre_o, pre_t) <= fp32_tol(pre_t, theirs)
+    assert max_diff(logits_o, logits_t) <= fp32_tol(logits_t, theirs)
 
 
 @pytest.mark.parametrize("img_size", [112, (112, 224)])
@@ -99,7 +112,8 @@ def test_swin_other_sizes(img_size: int | tuple[int, int], pairs: Pairs) -> None
     h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
     x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(8))
     with torch.no_grad():
-        assert max_diff(ours(x), theirs(x)) <= TOL
+        ref = theirs(x)
+        assert max_diff(ours(x), ref) <= fp32_tol(ref, theirs)
 
 
 def test_comparison_detects_a_broken_window_block(pairs: Pairs) -> None:
@@ -110,15 +124,16 @@ def test_comparison_detects_a_broken_window_block(pairs: Pairs) -> None:
     x = torch.randn(2, 3, 112, 112, generator=torch.Generator().manual_seed(9))
     with torch.no_grad():
         ref = theirs(x)
-        assert max_diff(ours(x), ref) <= TOL
+        tol = fp32_tol(ref, theirs)
+        assert max_diff(ours(x), ref) <= tol
         mixer = ours.stages[1].blocks[1].mixer
         mixer.shift = (0, 0)
-        assert max_diff(ours(x), ref) > 10 * TOL
+        assert max_diff(ours(x), ref) > 100 * tol
         mixer.shift = (3, 3)
-        assert max_diff(ours(x), ref) <= TOL
+        assert max_diff(ours(x), ref) <= tol
         mixer = ours.stages[2].blocks[0].mixer
         mixer.relative_position_index = mixer.relative_position_index.t().contiguous()
-        assert max_diff(ours(x), ref) > 10 * TOL
+        assert max_diff(ours(x), ref) > 100 * tol
 
 
 def test_convnext_conv_mlp_and_state_dict_input(pairs: Pairs) -> None:
@@ -130,7 +145,8 @@ def test_convnext_conv_mlp_and_state_dict_input(pairs: Pairs) -> None:
     mixerlab.load_timm_weights(ours, theirs.state_dict())
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(10))
     with torch.no_grad():
-        assert max_diff(ours(x), theirs(x)) <= TOL
+        ref = theirs(x)
+        assert max_diff(ours(x), ref) <= fp32_tol(ref, theirs)
 
 
 def test_wrong_pair_is_rejected(pairs: Pairs) -> None:

@@ -17,15 +17,7 @@ from mixerlab.train.cli import EXIT_DIVERGED, main, overrides_from_args
 from mixerlab.train.metrics import TIMING_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_ARGS = {"depths": [1, 1, 1, 1], "dims": [8, 16, 16, 16]}
-
-
-def tiny(run_dir: Path, **kw) -> TrainConfig:
-    base = dict(model="u_convnext_micro", model_args=TINY_ARGS, drop_path=0.1, run_dir=str(run_dir),
-                data=DataConfig(img_size=16, train_subset=192, eval_subset=128, augment="light"),
-                batch_size=32, eval_batch_size=64, epochs=2, warmup_epochs=1, lr=2e-3, deterministic=True,
-                device="cpu")
-    return TrainConfig(**{**base, **kw})
+from tiny_runs import TINY_ARGS, tiny  # noqa: E402
 
 
 def rows(run_dir: Path) -> list[dict]:
@@ -41,8 +33,13 @@ def test_recipe_file_is_the_default():
     ({"model": "u_nope"}, "model='u_nope'", "u_convnext_micro"),
     ({"opt": "adamz"}, "opt='adamz'", "adamw"),
     ({"sched": "cosinus"}, "sched='cosinus'", "cosine"),
-    ({"lr": -1.0}, "lr=-1.0", "> 0"),
-    ({"epochs": 0}, "epochs=0", ">= 1"),
+    ({"lr": -1.0}, "lr=-1.0", "(0.0, inf)"),
+    ({"epochs": 0}, "epochs=0", "positive integer"),
+    ({"epochs": True}, "epochs=True", "positive integer"),
+    ({"log_every_steps": -1}, "log_every_steps=-1", ">= 0"),
+    ({"decay_tables": 1}, "decay_tables=1", "true or false"),
+    ({"warmup_lr": "1e-6"}, "warmup_lr='1e-6'", "[0.0, inf)"),
+    ({"ema_decay": 1.0}, "ema_decay=1.0", "(0.0, 1.0)"),
     ({"amp": "fp8"}, "amp='fp8'", "bf16"),
     ({"model": "u_swin_micro", "model_args": {"window_size": 0}}, "window_size=0", "positive"),
     ({"resume": True, "overwrite": True}, "resume=True", "choose one"),
@@ -51,6 +48,13 @@ def test_bad_config_names_field_and_allowed(change, field, allowed):
     with pytest.raises(ConfigError) as e:
         TrainConfig(**{**dataclasses.asdict(TrainConfig()), "data": DataConfig(), **change}).validate()
     assert field in str(e.value) and allowed in str(e.value)
+
+
+@pytest.mark.parametrize(("field", "value"), [("img_size", True), ("in_chans", True), ("train_subset", False),
+                                            ("seed", True)])
+def test_data_config_refuses_booleans_as_integers(field, value):
+    with pytest.raises(ConfigError, match=rf"data\.{field}={value} is invalid"):
+        DataConfig(**{field: value}).validate()
 
 
 def test_runtime_checks():
@@ -93,16 +97,31 @@ def test_cli_without_config_trains_the_default_recipe():
     assert cfg == dataclasses.replace(recipe, model="u_swin_micro", run_dir="runs/swin")
 
 
-def test_no_weight_decay_on_norms_biases_and_tables():
+def undecayed(model_name: str, **kw) -> tuple[set[str], set[str]]:
+    """(names without weight decay, names of params with ndim <= 1) in the optimiser built for ``model_name``."""
     from mixerlab import create_model
     from mixerlab.train.distributed import DistEnv
     from mixerlab.train.engine import _build_parts
-    model = create_model("u_swin_micro", img_size=32, in_chans=1, num_classes=10, window_size=4)
-    parts = _build_parts(TrainConfig(model="u_swin_micro"), DistEnv(), torch.device("cpu"), model, 10, 10)
+    model = create_model(model_name, img_size=32, in_chans=1, num_classes=10)
+    parts = _build_parts(TrainConfig(model=model_name, **kw), DistEnv(), torch.device("cpu"), model, 10, 10)
     names = {id(p): n for n, p in model.named_parameters()}
+    assert sum(len(g["params"]) for g in parts.opt.param_groups) == len(names)
     no_decay = {names[id(p)] for g in parts.opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
-    expected = {n for n, p in model.named_parameters() if p.ndim <= 1 or "relative_position_bias_table" in n}
-    assert no_decay == expected and any("relative_position_bias_table" in n for n in no_decay)
+    assert all(g["weight_decay"] in (0, 0.05) for g in parts.opt.param_groups)
+    return no_decay, {n for n, p in model.named_parameters() if p.ndim <= 1}
+
+
+@pytest.mark.parametrize(("model", "tables"), [
+    ("u_swin_micro", ("relative_position_bias_table",)), ("u_pvt_micro", ("pos_embed",)),
+    ("u_halo_micro", ("rel_height", "rel_width")), ("vit_p_1gf", ("pos_embed",)),
+])
+def test_weight_decay_on_tables_is_a_recipe_choice(model, tables):
+    spec, one_d = undecayed(model)  # SPEC default: no decay on 1-D params nor on any table
+    table_names = {n for n in spec if any(t in n for t in tables)}
+    assert table_names and spec == one_d | table_names | {n for n in spec if "cls_token" in n}
+    stm, one_d = undecayed(model, decay_tables=True)  # STM-Evaluation: tables decayed, 1-D params still not
+    assert stm == spec - table_names and one_d <= stm
+    assert ("cls_token" in stm) == (model == "vit_p_1gf")  # a class token is not a position table
 
 
 def test_deterministic_runs_repeat_and_seed_matters(tmp_path):

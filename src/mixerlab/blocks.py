@@ -7,8 +7,9 @@
 
 With ``norm1='ln', norm2='ln'`` it is the ViT / Swin / U-* block; with ``norm1='none',
 norm2='bn'`` and the ``dwnet`` mixer it is the DWNet block (Han et al., 2022). g1, g2 are
-LayerScale vectors when ``layer_scale`` is set. A mixer that owns a stage position table in
-"stream" mode (PVT's ``sra``) has it added to ``x`` before the first branch, as PVT does.
+LayerScale vectors when ``layer_scale`` is set. Before the first branch the block applies the
+mixer's residual hook ``x = mixer.stream(x)`` (the identity except for PVT's ``sra``, whose stage
+position table joins the residual stream there, as in PVT), so the block reads no mixer internals.
 
 ``ConvNeXtBlock`` -- the official ConvNeXt block (Liu et al., 2022), one residual::
 
@@ -40,14 +41,9 @@ class MetaBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
         self.ls2 = _scale(dim, layer_scale)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        # PVT adds its stage position table to the residual stream before the block's first norm;
-        # the table lives in the mixer (first block of a stage), the stream belongs to the block.
-        self.pos_into_stream = getattr(mixer, "pos_mode", None) == "stream" and \
-            getattr(mixer, "pos_embed", None) is not None
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.pos_into_stream:
-            x = self.mixer.add_pos_embed(x)
+        x = self.mixer.stream(x)
         x = x + self.drop_path1(self.ls1(self.mixer(self.norm1(x))))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from . import __version__
 from .complexity import complexity
-from .config import ConfigError
+from .errors import ConfigError
 from .zoo import list_models, model_config
 
 Configure = Callable[[argparse.ArgumentParser], None]

@@ -2,8 +2,10 @@
 
 A model is fully described by a :class:`ModelConfig` (stem x mixer x block x macro-architecture).
 Configs round-trip through dicts and YAML so that studies and reports can store them, and
-:meth:`ModelConfig.validate` rejects every inconsistent configuration *before* a single module
-is built, with an error that names the field, the value and what is allowed.
+:meth:`ModelConfig.validate` rejects every structurally inconsistent configuration *before* a single
+module is built, with an error that names the field, the value and what is allowed. What depends on
+the mixers (names, their arguments at each stage's grid) is checked where models are built
+(:func:`mixerlab.archs.resolve_config`), so this module knows nothing about mixers.
 """
 
 from __future__ import annotations
@@ -16,25 +18,16 @@ from typing import Any
 
 import yaml
 
+from .errors import ConfigError, check_choice, check_int, check_ints, check_keys, check_number
+from .errors import fail as _fail
+
 ARCHS = ("hierarchical", "isotropic")
 STEMS = ("patch", "patch_norm", "conv", "unified")
 BLOCKS = ("metaformer", "convnext")
 NORMS = ("ln", "bn", "none")
 DOWNSAMPLES = ("conv3x3", "patch_merging", "ln_conv2x2")
 HEADS = ("conv_bn", "norm_pool", "pool_norm", "token", "avg")
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message names field, value and what is allowed."""
-
-
-def _fail(field_name: str, value: Any, allowed: str) -> None:
-    raise ConfigError(f"{field_name}={value!r} is invalid: {allowed}")
-
-
-def check_choice(field_name: str, value: Any, allowed: tuple[str, ...] | list[str]) -> None:
-    if value not in allowed:
-        _fail(field_name, value, f"allowed values are {sorted(allowed)}")
+INITS = ("trunc_normal", "trunc_normal_linear", "pycls_vit")  # see mixerlab.init
 
 
 @dataclass
@@ -57,8 +50,7 @@ class StemConfig:
 
     def validate(self, out_dim: int) -> None:
         check_choice("stem.name", self.name, STEMS)
-        if self.patch_size < 1:
-            _fail("stem.patch_size", self.patch_size, "must be a positive integer")
+        check_int("stem.patch_size", self.patch_size)
         if self.name == "unified" and self.patch_size != 4:
             _fail("stem.patch_size", self.patch_size, "the unified stem has two stride-2 convs: use 4")
         if self.name != "conv":
@@ -71,7 +63,10 @@ class StemConfig:
         if self.kernels[-1] != 1 or self.strides[-1] != 1:
             _fail("stem.kernels[-1]/strides[-1]", (self.kernels[-1], self.strides[-1]),
                   "the last conv of the conv stem is a 1x1 conv with stride 1")
-        if any(k < 1 or k % 2 == 0 for k in self.kernels):
+        check_ints("stem.kernels", self.kernels)
+        check_ints("stem.strides", self.strides)
+        check_ints("stem.channels", self.channels)
+        if any(k % 2 == 0 for k in self.kernels):
             _fail("stem.kernels", self.kernels, "odd positive kernel sizes")
         if math.prod(self.strides) != self.patch_size:
             _fail("stem.strides", self.strides,
@@ -88,6 +83,12 @@ class MixerConfig:
     name: str = "attention"
     args: dict[str, Any] = field(default_factory=dict)
 
+    def validate(self, where: str = "mixer") -> None:
+        if not isinstance(self.name, str) or not self.name:
+            _fail(f"{where}.name", self.name, "a registered mixer name (see mixerlab.MIXERS)")
+        if not isinstance(self.args, dict) or not all(isinstance(k, str) for k in self.args):
+            _fail(f"{where}.args", self.args, "a mapping of argument names to values")
+
 
 @dataclass
 class ModelConfig:
@@ -95,12 +96,16 @@ class ModelConfig:
 
     ``arch='hierarchical'``: four (or any number of) stages with downsampling between them.
     ``arch='isotropic'``: one stage (ViT): ``depths``, ``dims`` and ``heads`` have one entry.
-    ``mlp_ratio`` may be one number or one per stage; ``layer_scale`` None disables LayerScale.
+    ``mixer`` is one :class:`MixerConfig` for every stage or a list with one per stage (hybrids such
+    as convolutions early and attention late; MetaFormer's ``token_mixers``); ``mlp_ratio`` may be one
+    number or one per stage; ``layer_scale`` None disables LayerScale. ``init`` names the weight
+    initialisation scheme (:mod:`mixerlab.init`), part of the config because training stability
+    depends on it (Xiao et al.).
     """
 
     arch: str = "hierarchical"
     stem: StemConfig = field(default_factory=StemConfig)
-    mixer: MixerConfig = field(default_factory=MixerConfig)
+    mixer: MixerConfig | list[MixerConfig] = field(default_factory=MixerConfig)
     block: str = "metaformer"
     depths: list[int] = field(default_factory=lambda: [2, 2, 6, 2])
     dims: list[int] = field(default_factory=lambda: [96, 192, 384, 768])
@@ -115,6 +120,7 @@ class ModelConfig:
     stage_norm: bool = False
     head: str = "conv_bn"
     head_ratio: float = 1.5
+    init: str = "trunc_normal"
     class_token: bool = False
     pos_embed: bool = False
     img_size: int | tuple[int, int] = 224
@@ -132,6 +138,9 @@ class ModelConfig:
             d["stem"] = _sub(StemConfig, d["stem"], "stem")
         if isinstance(d.get("mixer"), dict):
             d["mixer"] = _sub(MixerConfig, d["mixer"], "mixer")
+        elif isinstance(d.get("mixer"), list):
+            d["mixer"] = [_sub(MixerConfig, m, f"mixer[{i}]") if isinstance(m, dict) else m
+                          for i, m in enumerate(d["mixer"])]
         if isinstance(d.get("img_size"), list):
             d["img_size"] = tuple(d["img_size"])
         return cls(**d)
@@ -159,44 +168,49 @@ class ModelConfig:
         s = self.img_size
         return (s, s) if isinstance(s, int) else (int(s[0]), int(s[1]))
 
+    def stage_mixers(self) -> list[MixerConfig]:
+        """One mixer config per stage (a single config is shared by every stage)."""
+        m = self.mixer
+        return list(m) if isinstance(m, (list, tuple)) else [m] * len(self.depths)
+
     def stage_mlp_ratios(self) -> list[float]:
         r = self.mlp_ratio
         return [float(x) for x in r] if isinstance(r, (list, tuple)) else [float(r)] * len(self.depths)
 
     # ---- validation ----------------------------------------------------------------------
     def validate(self) -> ModelConfig:
-        """Raise :class:`ConfigError` for anything that cannot be built; return self otherwise."""
-        from .mixers import MIXERS  # late import: mixers import this module
+        """Raise :class:`ConfigError` for any structural inconsistency; return self otherwise.
 
+        Mixer names and arguments are checked against the registry by
+        :func:`mixerlab.archs.resolve_config`, which calls this first."""
         check_choice("arch", self.arch, ARCHS)
         check_choice("block", self.block, BLOCKS)
         check_choice("norm1", self.norm1, NORMS)
         check_choice("norm2", self.norm2, NORMS)
         check_choice("downsample", self.downsample, DOWNSAMPLES)
         check_choice("head", self.head, HEADS)
+        check_choice("init", self.init, INITS)
+        for name in ("depths", "dims", "heads"):
+            check_ints(name, getattr(self, name))
         n = len(self.depths)
-        if n == 0 or len(self.dims) != n or len(self.heads) != n:
+        if len(self.dims) != n or len(self.heads) != n:
             _fail("depths/dims/heads", (self.depths, self.dims, self.heads),
                   "three non-empty lists of the same length (one entry per stage)")
         if self.arch == "isotropic" and n != 1:
             _fail("depths", self.depths, "an isotropic model has one stage: give one depth")
-        for name, values in (("depths", self.depths), ("dims", self.dims), ("heads", self.heads)):
-            if any(int(v) != v or v < 1 for v in values):
-                _fail(name, values, "positive integers")
         for i, (d, h) in enumerate(zip(self.dims, self.heads, strict=True)):
             if d % h:
                 _fail(f"heads[{i}]", h, f"must divide dims[{i}]={d}")
         ratios = self.stage_mlp_ratios()
         if len(ratios) != n or any(r <= 0 for r in ratios):
             _fail("mlp_ratio", self.mlp_ratio, f"a positive number or {n} positive numbers")
-        if not 0.0 <= self.drop_path < 1.0:
-            _fail("drop_path", self.drop_path, "a rate in [0, 1)")
-        if self.layer_scale is not None and self.layer_scale <= 0:
-            _fail("layer_scale", self.layer_scale, "a positive initial value, or null to disable")
-        if self.in_chans < 1:
-            _fail("in_chans", self.in_chans, "a positive number of input channels")
-        if self.num_classes < 0:
-            _fail("num_classes", self.num_classes, "0 (no classifier) or a positive number")
+        check_number("drop_path", self.drop_path, 0.0, 1.0)
+        if self.layer_scale is not None:
+            check_number("layer_scale", self.layer_scale, 0.0, low_open=True)
+        check_number("norm_eps", self.norm_eps, 0.0, low_open=True)
+        check_number("head_ratio", self.head_ratio, 0.0, low_open=True)
+        check_int("in_chans", self.in_chans)
+        check_int("num_classes", self.num_classes, 0)
         for name, v in (("mean", self.mean), ("std", self.std)):
             if v is not None and len(v) != self.in_chans:
                 _fail(name, v, f"{self.in_chans} values (one per input channel)")
@@ -216,16 +230,20 @@ class ModelConfig:
         if h < p or w < p or h % p or w % p:
             _fail("img_size", self.img_size,
                   f"height and width must be positive multiples of the stem's patch size {p}")
-        check_choice("mixer.name", self.mixer.name, sorted(MIXERS))
-        mixer_cls = MIXERS[self.mixer.name]
-        if self.arch == "isotropic" and self.class_token and mixer_cls.needs_grid:
-            _fail("mixer.name", self.mixer.name,
-                  "this mixer needs a token grid: set class_token=false and head='avg' "
-                  "(or use a sequence mixer such as 'attention')")
-        if self.block == "convnext" and self.mixer.name != "dwconv":
-            _fail("mixer.name", self.mixer.name, "the official ConvNeXt block uses 'dwconv'")
-        for i, (d, hd) in enumerate(zip(self.dims, self.heads, strict=True)):
-            mixer_cls.check_args(self.mixer.args, dim=d, num_heads=hd, resolution=self.stage_grid(i), stage=i)
+        if isinstance(self.mixer, (list, tuple)):
+            if len(self.mixer) != n:
+                _fail("mixer", [getattr(m, "name", m) for m in self.mixer],
+                      f"one mixer config, or a list of {n} (one per stage)")
+            for i, m in enumerate(self.mixer):
+                if not isinstance(m, MixerConfig):
+                    _fail(f"mixer[{i}]", m, "a mixer config {name, args}")
+                m.validate(f"mixer[{i}]")
+        elif isinstance(self.mixer, MixerConfig):
+            self.mixer.validate()
+        else:
+            _fail("mixer", self.mixer, "a mixer config {name, args} or a list of them (one per stage)")
+        if self.block == "convnext" and any(m.name != "dwconv" for m in self.stage_mixers()):
+            _fail("mixer.name", [m.name for m in self.stage_mixers()], "the official ConvNeXt block uses 'dwconv'")
         return self
 
     def stage_grid(self, stage: int) -> tuple[int, int]:
@@ -236,14 +254,9 @@ class ModelConfig:
         return h, w
 
 
-def check_keys(cls: type, d: dict[str, Any], what: str) -> None:
-    """Reject keys of ``d`` that are not fields of dataclass ``cls``, listing the allowed ones."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        _fail(what, unknown, f"allowed keys are {sorted(known)}")
-
-
 def _sub(cls: type, d: dict[str, Any], prefix: str) -> Any:
     check_keys(cls, d, f"{prefix} keys")
     return cls(**d)
+
+
+__all__ = ["ARCHS", "INITS", "ConfigError", "MixerConfig", "ModelConfig", "StemConfig", "check_keys"]

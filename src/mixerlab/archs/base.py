@@ -11,7 +11,9 @@ from timm.models._features import feature_take_indices
 from torch import nn
 
 from ..config import ModelConfig
+from ..init import init_model
 from ..mixers import Mixer
+from .resolve import resolve_config
 
 # Parameters that are tables, not weights: excluded from weight decay (with all 1-D params).
 NO_DECAY_PATTERNS = ("*pos_embed*", "*cls_token*", "*relative_position_bias_table*", "*rel_*")
@@ -26,7 +28,9 @@ def pretrained_cfg_for(cfg: ModelConfig, classifier: str) -> dict[str, Any]:
         mean, std = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
     else:  # no published statistics: centre [0, 1] pixels; data code may override per dataset
         mean, std = (0.5,) * cfg.in_chans, (0.5,) * cfg.in_chans
+    pool_size = cfg.stage_grid(len(cfg.depths) - 1)  # the unpooled final map at input_size
     return {"input_size": (cfg.in_chans, h, w), "mean": mean, "std": std, "num_classes": cfg.num_classes,
+            "pool_size": pool_size,
             "first_conv": first_conv, "classifier": classifier, "crop_pct": 0.875 if h >= 128 else 1.0,
             "interpolation": "bicubic", "fixed_input_size": False, "license": "apache-2.0"}
 
@@ -47,7 +51,7 @@ class MixerNet(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        cfg.validate()
+        cfg = resolve_config(cfg)  # the one validation of a model's config
         self.config = cfg
         self.num_classes = cfg.num_classes
         self.in_chans = cfg.in_chans
@@ -55,16 +59,8 @@ class MixerNet(nn.Module):
         self.pretrained_cfg = self.default_cfg = pretrained_cfg_for(cfg, self.classifier)
 
     def _init_weights(self) -> None:
-        """Truncated normal (std .02) for conv / linear weights, zero biases (SPEC 3), then each
-        mixer's own special init (zero-initialised offsets and the like) on top."""
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-        for m in self.modules():
-            if isinstance(m, Mixer):
-                m.init_weights()
+        """The config's init scheme (:mod:`mixerlab.init`), then each mixer's own special init."""
+        init_model(self, self.config.init)
 
     def no_weight_decay(self) -> set[str]:
         return {n for n, _ in self.named_parameters() if any(fnmatch.fnmatch(n, p) for p in NO_DECAY_PATTERNS)}
@@ -81,8 +77,27 @@ class MixerNet(nn.Module):
         if prune_norm:
             self.norm = nn.Identity()
         if prune_head:
-            self.reset_classifier(0)
+            self.prune_head()
         return take
+
+    def prune_head(self) -> None:
+        """Remove the classifier and anything of the head before it (timm's contract: a pruned model
+        leaves no parameter unused)."""
+        self.reset_classifier(0)
+
+    def set_global_pool(self, global_pool: str) -> None:
+        raise NotImplementedError  # each architecture pools its own way
+
+    def _new_linear(self, c_in: int, c_out: int) -> nn.Linear:
+        """A classifier Linear on the model's device and dtype, in its train/eval mode, initialised by its scheme."""
+        ref = next(self.parameters())
+        fc = nn.Linear(c_in, c_out, device=ref.device, dtype=ref.dtype).train(self.training)
+        if self.config.init == "pycls_vit":
+            nn.init.zeros_(fc.weight)
+        else:
+            nn.init.trunc_normal_(fc.weight, std=0.02)
+        nn.init.zeros_(fc.bias)
+        return fc
 
     def mixers(self) -> list[tuple[str, Mixer]]:
         """Every spatial token mixer with its qualified name, in forward order."""

@@ -19,16 +19,19 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
 from timm.models import checkpoint_seq
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from ..blocks import BLOCK_TYPES
 from ..config import ModelConfig
+from ..errors import ConfigError, check_choice
 from ..layers import LayerNorm2d
-from ..mixers import MixerContext, build_mixer
+from ..mixers import MIXERS
 from ..stems import Stem
 from .base import MixerNet, drop_path_rates
+from .resolve import stage_context
 
 
 class Downsample(nn.Module):
@@ -49,25 +52,38 @@ class Downsample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.kind == "patch_merging":
-            b, h, w, c = x.shape
-            x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
-            h, w = x.shape[1] // 2, x.shape[2] // 2
+            x = pad_even(x, (1, 2))
+            b, h, w, c = x.shape[0], x.shape[1] // 2, x.shape[2] // 2, x.shape[3]
             # Swin's concat order: (0,0), (1,0), (0,1), (1,1) as (row, col) offsets.
             x = x.reshape(b, h, 2, w, 2, c).permute(0, 1, 3, 4, 2, 5).flatten(3)
             return self.reduction(self.norm(x))
         x = x.permute(0, 3, 1, 2)
         if self.kind == "conv3x3":
-            if min(x.shape[2:]) == 1:
-                # Same result, explicit padding: on CPU, oneDNN's bf16 weight gradient of a stride-2 3x3 conv
-                # over a map one pixel wide returns uninitialised values for the padding-only taps
-                # (torch 2.15; tests/test_models.py::test_downsample_bf16_one_pixel_map).
-                x = F.conv2d(F.pad(x, (1, 1, 1, 1)), self.conv.weight, stride=2)
-            else:
-                x = self.conv(x)
-            x = self.norm(x)
+            x = self.norm(conv3x3_s2(x, self.conv.weight))
         else:
-            x = self.conv(F.pad(self.norm(x), (0, x.shape[3] % 2, 0, x.shape[2] % 2)))
+            x = self.conv(pad_even(self.norm(x), (2, 3)))
         return x.permute(0, 2, 3, 1)
+
+
+# Shape-dependent code stays out of FX graphs: timm's notrace functions are leaves when traced (public
+# names: torch.fx never wraps a global whose name starts with "_").
+@register_notrace_function
+def pad_even(x: Tensor, dims: tuple[int, int]) -> Tensor:
+    """Zero-pad dims ``dims`` (height, width) of ``x`` at the end up to even sizes."""
+    pad = [0] * (2 * x.dim())
+    for d in dims:
+        pad[2 * (x.dim() - 1 - d) + 1] = x.shape[d] % 2
+    return F.pad(x, pad)
+
+
+@register_notrace_function
+def conv3x3_s2(x: Tensor, weight: Tensor) -> Tensor:
+    """Stride-2 3x3 conv, padding 1, no bias, NCHW. On a map one pixel wide the padding is explicit: same
+    result, but on CPU oneDNN's bf16 weight gradient of the padded conv returns uninitialised values for
+    the padding-only taps (torch 2.15; tests/test_models.py::test_downsample_bf16_one_pixel_map)."""
+    if min(x.shape[2:]) == 1:
+        return F.conv2d(F.pad(x, (1, 1, 1, 1)), weight, stride=2)
+    return F.conv2d(x, weight, stride=2, padding=1)
 
 
 class Stage(nn.Module):
@@ -88,11 +104,16 @@ class Stage(nn.Module):
 
 
 class Head(nn.Module):
-    """Classifier head over an NCHW map; ``fc`` is the final Linear in every kind."""
+    """Classifier head over an NCHW map; ``fc`` is the final Linear in every kind.
+
+    ``pool`` 'avg' (global average) or '' (no pooling: the head returns its map, norms included,
+    which needs ``fc`` removed). :meth:`prune` drops all of it but the pooling (the conv-BN of
+    ``conv_bn``, the norm of ``pool_norm``): a pruned backbone keeps no unused parameter."""
 
     def __init__(self, kind: str, dim: int, num_classes: int, ratio: float, eps: float) -> None:
         super().__init__()
         self.kind = kind
+        self.pool = "avg"
         self.hidden = int(dim * ratio) if kind == "conv_bn" else dim
         if kind == "conv_bn":
             self.conv = nn.Conv2d(dim, self.hidden, 1, bias=False)
@@ -101,9 +122,17 @@ class Head(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=eps) if kind == "pool_norm" else nn.Identity()
         self.fc = nn.Linear(self.hidden, num_classes) if num_classes > 0 else nn.Identity()
 
+    def prune(self, dim: int) -> None:
+        if self.kind == "conv_bn":
+            del self.conv, self.bn, self.act
+            self.kind, self.hidden = "pool", dim
+        self.norm = self.fc = nn.Identity()
+
     def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         if self.kind == "conv_bn":
             x = self.act(self.bn(self.conv(x)))
+        if not self.pool:
+            return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         x = self.norm(x.mean((2, 3)))
         return x if pre_logits else self.fc(x)
 
@@ -114,6 +143,7 @@ class HierarchicalNet(MixerNet):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
+        cfg = self.config  # resolved: one mixer config per stage, arguments fitted to the stage's grid
         self.num_features = cfg.dims[-1]
         self.stem = Stem(cfg.stem, cfg.in_chans, cfg.dims[0], cfg.norm_eps)
         block_cls = BLOCK_TYPES[cfg.block]
@@ -121,13 +151,12 @@ class HierarchicalNet(MixerNet):
         rates = drop_path_rates(cfg.drop_path, sum(cfg.depths))
         stages, k, p = [], 0, cfg.stem.patch_size
         self.feature_info = []
-        for i, (depth, dim, heads, ratio) in enumerate(
-                zip(cfg.depths, cfg.dims, cfg.heads, cfg.stage_mlp_ratios(), strict=True)):
+        for i, (depth, dim, mixer_cfg, ratio) in enumerate(
+                zip(cfg.depths, cfg.dims, cfg.stage_mixers(), cfg.stage_mlp_ratios(), strict=True)):
             down = Downsample(cfg.downsample, cfg.dims[i - 1], dim, cfg.norm_eps) if i else nn.Identity()
             blocks = []
             for j in range(depth):
-                ctx = MixerContext(dim=dim, num_heads=heads, stage=i, index=j, resolution=cfg.stage_grid(i))
-                mixer = build_mixer(cfg.mixer.name, ctx, **cfg.mixer.args)
+                mixer = MIXERS[mixer_cfg.name](stage_context(cfg, i, j), **mixer_cfg.args)
                 blocks.append(block_cls(dim, mixer, mlp_ratio=ratio, drop_path=rates[k], layer_scale=cfg.layer_scale,
                                         norm_eps=cfg.norm_eps, **norms))
                 k += 1
@@ -145,11 +174,22 @@ class HierarchicalNet(MixerNet):
         return self.head.fc
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool not in (None, "avg"):
-            raise ValueError(f"global_pool={global_pool!r} is invalid: mixerlab hierarchical models pool 'avg'")
+        if global_pool is not None:
+            self.set_global_pool(global_pool, num_classes)
         self.num_classes = num_classes
-        device = next(self.parameters()).device
-        self.head.fc = nn.Linear(self.head.hidden, num_classes, device=device) if num_classes > 0 else nn.Identity()
+        self.head.fc = self._new_linear(self.head.hidden, num_classes) if num_classes > 0 else nn.Identity()
+
+    def set_global_pool(self, global_pool: str, num_classes: int | None = None) -> None:
+        """'avg' (global average pooling) or '' (none: forward returns the head's map; needs no classifier)."""
+        check_choice("global_pool", global_pool, ("avg", ""))
+        if not global_pool and (self.num_classes if num_classes is None else num_classes):
+            raise ConfigError("global_pool='' is invalid with a classifier: set num_classes=0 (unpooled maps)")
+        self.head.pool = global_pool
+
+    def prune_head(self) -> None:
+        self.num_classes = 0
+        self.head.prune(self.num_features)
+        self.head_hidden_size = self.head.hidden
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for s in self.stages:

@@ -15,16 +15,18 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from timm.layers import resample_abs_pos_embed, resample_abs_pos_embed_nhwc
+from timm.layers import register_notrace_function, resample_abs_pos_embed, resample_abs_pos_embed_nhwc
 from timm.models import checkpoint_seq
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from ..blocks import MetaBlock
 from ..config import ModelConfig
-from ..mixers import MixerContext, build_mixer
+from ..errors import check_choice
+from ..mixers import MIXERS
 from ..stems import Stem
 from .base import MixerNet, drop_path_rates
+from .resolve import stage_context
 
 
 class IsotropicNet(MixerNet):
@@ -33,7 +35,8 @@ class IsotropicNet(MixerNet):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
-        dim, depth, heads = cfg.dims[0], cfg.depths[0], cfg.heads[0]
+        cfg = self.config
+        dim, depth, mixer_cfg = cfg.dims[0], cfg.depths[0], cfg.stage_mixers()[0]
         self.num_features = self.head_hidden_size = dim
         self.num_prefix_tokens = 1 if cfg.class_token else 0
         self.global_pool = cfg.head
@@ -48,7 +51,7 @@ class IsotropicNet(MixerNet):
             self.pos_embed = nn.Parameter(torch.zeros(1, *self.grid, dim))
         rates = drop_path_rates(cfg.drop_path, depth)
         self.blocks = nn.Sequential(*[
-            MetaBlock(dim, build_mixer(cfg.mixer.name, MixerContext(dim, heads, 0, j, self.grid), **cfg.mixer.args),
+            MetaBlock(dim, MIXERS[mixer_cfg.name](stage_context(cfg, 0, j), **mixer_cfg.args),
                       mlp_ratio=cfg.stage_mlp_ratios()[0], drop_path=rates[j], layer_scale=cfg.layer_scale,
                       norm1=cfg.norm1, norm2=cfg.norm2, norm_eps=cfg.norm_eps)
             for j in range(depth)])
@@ -57,23 +60,10 @@ class IsotropicNet(MixerNet):
         p = cfg.stem.patch_size
         self.feature_info = [{"num_chs": dim, "reduction": p, "module": f"blocks.{j}"} for j in range(depth)]
         self._init_weights()
-        if self.pos_embed is not None:
-            nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        if self.cls_token is not None:
-            nn.init.normal_(self.cls_token, std=1e-6)
 
     # ---- token handling ------------------------------------------------------------------------
     def _embed(self, x: Tensor) -> Tensor:
-        x = self.stem(x)  # (B, h, w, C)
-        b, h, w, c = x.shape
-        if self.cls_token is None:
-            if self.pos_embed is not None:
-                x = x + resample_abs_pos_embed_nhwc(self.pos_embed, [h, w])
-            return x
-        x = torch.cat([self.cls_token.expand(b, -1, -1), x.reshape(b, h * w, c)], dim=1)
-        if self.pos_embed is not None:
-            x = x + resample_abs_pos_embed(self.pos_embed, [h, w], list(self.grid), num_prefix_tokens=1)
-        return x
+        return embed_tokens(self.stem(x), self.cls_token, self.pos_embed, self.grid)
 
     def _grid(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
         """Tokens -> ``(B, C, h, w)`` without prefix tokens."""
@@ -87,12 +77,16 @@ class IsotropicNet(MixerNet):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         if global_pool is not None:
-            allowed = ["token"] if self.cls_token is not None else ["avg"]
-            if global_pool not in allowed:
-                raise ValueError(f"global_pool={global_pool!r} is invalid: allowed values are {allowed}")
+            self.set_global_pool(global_pool)
         self.num_classes = num_classes
-        device = next(self.parameters()).device
-        self.head = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
+        self.head = self._new_linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def set_global_pool(self, global_pool: str) -> None:
+        """'token' (class token; only with one), 'avg' (mean over the patch tokens) or '' (no pooling:
+        ``forward_head`` returns every token)."""
+        allowed = ("token", "avg", "") if self.cls_token is not None else ("avg", "")
+        check_choice("global_pool", global_pool, allowed)
+        self.global_pool = global_pool
 
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         return {"stem": r"^cls_token|^pos_embed|^stem", "blocks": [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))]}
@@ -106,7 +100,10 @@ class IsotropicNet(MixerNet):
         return self.norm(x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = x[:, 0] if self.cls_token is not None else x.reshape(x.shape[0], -1, x.shape[-1]).mean(1)
+        if self.global_pool == "token":
+            x = x[:, 0]
+        elif self.global_pool == "avg":
+            x = x.reshape(x.shape[0], -1, x.shape[-1])[:, self.num_prefix_tokens:].mean(1)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -133,3 +130,16 @@ class IsotropicNet(MixerNet):
         if intermediates_only:
             return out
         return self.norm(x), out
+
+
+@register_notrace_function  # shape-dependent (table resampling): a leaf for FX (public name, see torch.fx)
+def embed_tokens(x: Tensor, cls_token: Tensor | None, pos_embed: Tensor | None, grid: tuple[int, int]) -> Tensor:
+    """Stem grid ``(B, h, w, C)`` -> tokens: ``[cls; flatten(x)] + pos`` with a class token, else the grid plus
+    its position table; the table (built for ``grid``) is resampled bicubically when h x w differs."""
+    b, h, w, c = x.shape
+    if cls_token is None:
+        return x if pos_embed is None else x + resample_abs_pos_embed_nhwc(pos_embed, [h, w])
+    x = torch.cat([cls_token.expand(b, -1, -1), x.reshape(b, h * w, c)], dim=1)
+    if pos_embed is not None:
+        x = x + resample_abs_pos_embed(pos_embed, [h, w], list(grid), num_prefix_tokens=1)
+    return x

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from ..config import ConfigError, check_choice
+from ..errors import ConfigError, check_choice, check_int, check_number, fail, is_int
 
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "imagefolder")
 AUGMENTS = ("none", "light", "randaug")
@@ -68,10 +68,9 @@ class DataConfig:
         if self.name == "imagefolder" and not self.data_dir:
             raise ConfigError("data.data_dir=None is invalid: imagefolder needs a directory holding train/<class>/* "
                               "and val/<class>/*")
-        if isinstance(self.img_size, bool) or not isinstance(self.img_size, int) or self.img_size < 1:
-            raise ConfigError(f"data.img_size={self.img_size!r} is invalid: a positive integer")
-        if self.in_chans not in (1, 3):
-            raise ConfigError(f"data.in_chans={self.in_chans!r} is invalid: allowed values are [1, 3]")
+        check_int("data.img_size", self.img_size)
+        if not is_int(self.in_chans) or self.in_chans not in (1, 3):  # check_choice would take True for 1
+            fail("data.in_chans", self.in_chans, "allowed values are [1, 3]")
         for fname in ("mean", "std"):
             value = getattr(self, fname)
             if value is None:
@@ -83,13 +82,12 @@ class DataConfig:
                 raise ConfigError(f"data.std={value!r} is invalid: every std must be > 0")
         for fname in ("train_subset", "eval_subset"):
             value = getattr(self, fname)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError(f"data.{fname}={value!r} is invalid: None (the whole split) or a positive integer")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ConfigError(f"data.seed={self.seed!r} is invalid: an integer")
+            if value is not None and not (is_int(value) and value >= 1):
+                fail(f"data.{fname}", value, "None (the whole split) or a positive integer")
+        if not is_int(self.seed):
+            fail("data.seed", self.seed, "an integer")
         check_choice("data.augment", self.augment, AUGMENTS)
-        if not 0.0 <= self.random_erasing <= 1.0:
-            raise ConfigError(f"data.random_erasing={self.random_erasing!r} is invalid: a probability in [0, 1]")
+        check_number("data.random_erasing", self.random_erasing, 0.0, 1.0, high_open=False)
         if self.random_erasing > 0 and self.augment == "none":
             raise ConfigError(f"data.random_erasing={self.random_erasing!r} is invalid with augment='none' "
                               "(no train augmentation): set random_erasing=0 or augment to 'light' or 'randaug'")

@@ -12,25 +12,49 @@ definitions (N = number of keys a query may attend to, after masking):
 ``sigmoid``           sigmoid(L - log N)
 ====================  ===============================================================
 
-Masks are boolean "may attend" tensors. For softmax a masked key gets ``-100`` added to its
-logit, exactly as Swin does (so weights copied from timm give the same output); for the other
-activations masked keys are excluded from N and from the LayerNorm statistics and get weight 0.
-Shapes: q ``(B, h, Nq, d)``, k and v ``(B, h, Nk, dv)``, bias broadcastable to
-``(B, h, Nq, Nk)``, mask broadcastable to ``(B, h, Nq, Nk)``.
+Two kinds of masks, both boolean "may attend" tensors:
+
+* ``mask`` (padding: keys that are not on the map). A masked key gets weight exactly 0 under
+  every activation, on the fused and the explicit path, at any logit scale (softmax: logit
+  -inf; the other activations exclude it from N and from the LayerNorm statistics). A query
+  without any key gets all-zero weights on the explicit path (and from SDPA on the CPU); the
+  mixers never build such rows for the fused path.
+* ``region`` (Swin's shifted-window masks: pairs the cyclic roll brings together across the
+  wrap). For softmax ``-100`` is *added* to such a logit, exactly as Swin and timm do, so weights
+  copied from timm give timm's function at any weight scale; such a key keeps a weight of about
+  ``exp(-100 + logit gap)``. For the other activations region-masked keys are excluded like
+  padding (-100 inside a LayerNorm or ReLU would not mean "masked").
+
+Fused and explicit paths compute the same function. Shapes: q ``(B, h, Nq, d)``, k and v
+``(B, h, Nk, dv)``; bias, mask and region broadcastable to ``(B, h, Nq, Nk)``. SDPA's fused kernels
+need 4-D inputs (a 5-D call falls back to its math kernel), so mixers fold windows into the
+head axis.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..config import ConfigError
+from ..errors import ConfigError
 
 ATTN_ACTS = ("softmax", "relu", "layernorm", "relu_layernorm", "sigmoid")
-_MASKED_LOGIT = -100.0  # Swin's value; exp(-100) underflows to 0 relative to any live logit
+REGION_LOGIT = -100.0  # Swin's additive logit for pairs of different shifted-window regions
+
+
+class AttentionInputs(NamedTuple):
+    """What a mixer hands :func:`attend` / :func:`attention_weights` (shapes in the module docstring)."""
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    bias: Tensor | None = None
+    mask: Tensor | None = None
+    region: Tensor | None = None
 
 
 def check_attn_act(act: str) -> None:
@@ -38,12 +62,14 @@ def check_attn_act(act: str) -> None:
         raise ConfigError(f"mixer.args.attn_act={act!r} is invalid: allowed values are {list(ATTN_ACTS)}")
 
 
-def attention_weights(logits: Tensor, act: str, mask: Tensor | None = None) -> Tensor:
-    """Turn logits ``(..., Nq, Nk)`` into aggregation weights with activation ``act``."""
+def activate(logits: Tensor, act: str, mask: Tensor | None = None) -> Tensor:
+    """Turn logits ``(..., Nq, Nk)`` into aggregation weights; keys where ``mask`` is False get 0."""
     if act == "softmax":
-        if mask is not None:
-            logits = logits.masked_fill(~mask, _MASKED_LOGIT)
-        return logits.softmax(dim=-1)
+        if mask is None:
+            return logits.softmax(dim=-1)
+        # -inf: exactly zero weight at any logit scale. The second fill turns the NaN rows of queries
+        # without keys into zeros (as SDPA on the CPU); it changes nothing in other rows.
+        return logits.masked_fill(~mask, float("-inf")).softmax(dim=-1).masked_fill(~mask, 0.0)
     nk = logits.shape[-1]
     if mask is None:
         if act == "relu":
@@ -64,24 +90,58 @@ def attention_weights(logits: Tensor, act: str, mask: Tensor | None = None) -> T
     return (x - mean) * torch.rsqrt(var + 1e-5) * m
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, *, act: str = "softmax", scale: float | None = None,
-           bias: Tensor | None = None, mask: Tensor | None = None, fused: bool = True) -> Tensor:
-    """``act(scale * q k^T + bias) v`` with the activations above; returns ``(B, h, Nq, dv)``.
+def _apply_region(act: str, bias: Tensor | None, mask: Tensor | None, region: Tensor | None,
+                  dtype: torch.dtype) -> tuple[Tensor | None, Tensor | None]:
+    """Fold a region mask into the bias (softmax: Swin's additive -100) or the padding mask (others)."""
+    if region is None:
+        return bias, mask
+    if act == "softmax":
+        r = (~region).to(dtype) * REGION_LOGIT
+        return (r if bias is None else bias + r), mask
+    return bias, (region if mask is None else mask & region)
 
-    Softmax goes through ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels on
-    GPU, a fused kernel on CPU) unless ``fused`` is False; the other activations need the
-    explicit kernel, which is also what the analyses read.
-    """
+
+def attention_weights(q: Tensor, k: Tensor, *, act: str = "softmax", scale: float | None = None,
+                      bias: Tensor | None = None, mask: Tensor | None = None,
+                      region: Tensor | None = None) -> Tensor:
+    """The explicit kernel ``act(scale * q k^T + bias)`` with the masks above: ``(B, h, Nq, Nk)``."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    if act == "softmax" and fused:
-        attn_bias = bias
-        if mask is not None:
-            m = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, _MASKED_LOGIT)
-            attn_bias = m if attn_bias is None else attn_bias + m
-        if attn_bias is not None:
-            attn_bias = attn_bias.to(q.dtype)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, scale=scale)
+    bias, mask = _apply_region(act, bias, mask, region, q.dtype)
     logits = (q * scale) @ k.transpose(-2, -1)
     if bias is not None:
         logits = logits + bias
-    return attention_weights(logits, act, mask) @ v
+    return activate(logits, act, mask)
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, *, act: str = "softmax", scale: float | None = None,
+           bias: Tensor | None = None, mask: Tensor | None = None, region: Tensor | None = None,
+           fused: bool = True) -> Tensor:
+    """``act(scale * q k^T + bias) v`` with the activations and masks above; returns ``(B, h, Nq, dv)``.
+
+    Softmax goes through ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels on
+    GPU, a fused kernel on CPU) unless ``fused`` is False: padding alone is passed as SDPA's boolean
+    mask, together with a bias as -inf in the additive mask. The other activations need the
+    explicit kernel (:func:`attention_weights`), which is also what the analyses read.
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if act == "softmax" and fused:
+        bias, mask = _apply_region(act, bias, mask, region, q.dtype)
+        attn_mask = None if bias is None else bias.to(q.dtype)
+        if mask is not None:
+            attn_mask = mask if attn_mask is None else attn_mask.masked_fill(~mask, float("-inf"))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+    return attention_weights(q, k, act=act, scale=scale, bias=bias, mask=mask, region=region) @ v
+
+
+def scatter_dense(blocks: Tensor, q_index: Tensor, k_index: Tensor, n: int) -> Tensor:
+    """Weights of block-local attention ``(B, h, nBlocks, nq, nk)`` as one dense ``(B, h, n, n)`` map kernel.
+
+    ``q_index[w, t]`` / ``k_index[w, s]`` (``(nBlocks, nq)`` / ``(nBlocks, nk)``) are the map positions of
+    query t and key s of block w, ``n`` for padding (dropped). Every real query lies in exactly one block
+    and a block's keys are distinct positions, so no real (query, key) pair is written twice.
+    """
+    b, h = blocks.shape[:2]
+    flat = (q_index[:, :, None] * (n + 1) + k_index[:, None, :]).flatten()
+    dense = blocks.new_zeros(b, h, (n + 1) ** 2)
+    dense[:, :, flat] = blocks.flatten(2)
+    return dense.view(b, h, n + 1, n + 1)[:, :, :n, :n]

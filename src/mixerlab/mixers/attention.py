@@ -8,7 +8,8 @@ For tokens ``x`` of shape ``(B, N, C)`` (or a grid ``(B, H, W, C)``, flattened t
 
 Read as a convolution (Zhou et al., 2023): the attention matrix is a dynamic kernel with
 global support, shared by the C/h channels of a head; ``attn_act`` selects its activation (see
-:mod:`mixerlab.mixers.attend`). Works at any N and on any token layout, including a class token.
+:mod:`mixerlab.mixers.attend`); :meth:`GlobalAttention.aggregation_weights` returns it. Works at any
+N and on any token layout, including a class token.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .attend import attend, check_attn_act
+from .attend import attend, attention_weights, check_attn_act
 from .base import Mixer, MixerContext
 
 
@@ -28,6 +29,7 @@ class GlobalAttention(Mixer):
                  fused: bool = True) -> None:
         super().__init__()
         self.num_heads = ctx.num_heads
+        self.head_dim = ctx.dim // ctx.num_heads
         self.attn_act = attn_act
         self.fused = fused
         self.qkv = nn.Linear(ctx.dim, 3 * ctx.dim, bias=qkv_bias)
@@ -37,10 +39,22 @@ class GlobalAttention(Mixer):
     def _check(cls, args: dict[str, Any], **_: Any) -> None:
         check_attn_act(args.get("attn_act", "softmax"))
 
+    def _qkv(self, x: Tensor) -> Tensor:
+        """``(3, B, h, N, d)`` for tokens ``(B, N, C)`` or a grid ``(B, H, W, C)`` (N = H * W, row-major)."""
+        qkv = self.qkv(x.flatten(1, -2)).unflatten(-1, (3, self.num_heads, self.head_dim))
+        return qkv.permute(2, 0, 3, 1, 4)
+
     def forward(self, x: Tensor) -> Tensor:
-        shape = x.shape
-        x = x.reshape(shape[0], -1, shape[-1])
-        b, n, c = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        y = attend(qkv[0], qkv[1], qkv[2], act=self.attn_act, fused=self.fused)
-        return self.proj(y.transpose(1, 2).reshape(b, n, c)).reshape(shape)
+        qkv = self._qkv(x)
+        y = attend(qkv[0], qkv[1], qkv[2], act=self.attn_act, scale=self.head_dim ** -0.5, fused=self.fused)
+        return self.proj(y.transpose(1, 2).flatten(2)).reshape(x.shape)
+
+    def aggregation_weights(self, x: Tensor) -> Tensor:
+        """Post-activation weights ``A`` of shape ``(B, h, N, N)`` (explicit path, same function as forward).
+
+        ``A[b, n, i, j]`` is the weight head ``n`` gives token ``j`` for query token ``i``; tokens in input
+        order (a grid's positions row-major, ``i = row * W + col``). With ``v`` the value heads ``(B, h, N, d)``
+        (channels ``2C + n d .. 2C + (n + 1) d`` of ``qkv``), ``forward(x) = proj(merge_heads(A @ v))``.
+        """
+        qkv = self._qkv(x)
+        return attention_weights(qkv[0], qkv[1], act=self.attn_act, scale=self.head_dim ** -0.5)

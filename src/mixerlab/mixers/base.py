@@ -19,9 +19,9 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from torch import nn
+from torch import Tensor, nn
 
-from ..config import ConfigError
+from ..errors import ConfigError, UnknownArgumentError, check_int, is_int
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,27 @@ class Mixer(nn.Module):
     needs_grid: ClassVar[bool] = True
 
     def init_weights(self) -> None:
-        """Special initialisation run after the network-wide init (override where needed)."""
+        """Special initialisation run after the scheme's init (override where needed): the same in a
+        model and for a mixer built alone (:func:`mixerlab.mixers.build_mixer`)."""
+
+    def stream(self, x: Tensor) -> Tensor:
+        """What the mixer adds to the block's residual stream before the block's first branch.
+
+        The identity for every mixer but PVT's ``sra``, whose stage position table is added to the
+        stream (not to the mixer's input). Blocks always call it, so a mixer alone and a mixer in a
+        block are the same function: ``block(x) = x' + mixer(norm(x')) + ...`` with ``x' = stream(x)``."""
+        return x
+
+    @classmethod
+    def fit(cls, args: dict[str, Any], *, dim: int, num_heads: int, resolution: tuple[int, int],
+            stage: int = 0) -> dict[str, Any]:
+        """Arguments adapted to the token grid the mixer will see (default: unchanged).
+
+        Called once per stage when a model is resolved, before :meth:`check_args`; the adapted values
+        are written into the resolved config, so they are visible and rebuilding from it reproduces the
+        model. Must be idempotent (fitting fitted arguments changes nothing) and leave a mixer's
+        arguments unchanged wherever they already work (the published 224-px configurations)."""
+        return dict(args)
 
     @classmethod
     def allowed_args(cls) -> list[str]:
@@ -55,7 +75,7 @@ class Mixer(nn.Module):
         mixer of stage ``stage`` with width ``dim``."""
         unknown = sorted(set(args) - set(cls.allowed_args()))
         if unknown:
-            raise ConfigError(f"mixer.args {unknown} are not arguments of mixer "
+            raise UnknownArgumentError(f"mixer.args {unknown} are not arguments of mixer "
                               f"{cls.__name__}: allowed are {cls.allowed_args()}")
         cls._check(dict(args), dim=dim, num_heads=num_heads, resolution=resolution, stage=stage)
 
@@ -66,14 +86,13 @@ class Mixer(nn.Module):
 
 
 def odd_kernel(name: str, k: Any) -> None:
-    if not isinstance(k, int) or k < 1 or k % 2 == 0:
+    if not is_int(k) or k < 1 or k % 2 == 0:
         raise ConfigError(f"mixer.args.{name}={k!r} is invalid: an odd positive kernel size "
                           "(1, 3, 5, 7, ...) so that the output stays centred")
 
 
 def positive_int(name: str, v: Any) -> None:
-    if not isinstance(v, int) or v < 1:
-        raise ConfigError(f"mixer.args.{name}={v!r} is invalid: a positive integer")
+    check_int(f"mixer.args.{name}", v)
 
 
 def check_reduction(args: dict[str, Any], dim: int, hidden: str) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..config import ConfigError, check_choice
+from ..errors import ConfigError, check_choice
 from .base import Mixer, MixerContext, odd_kernel
 from .dynamic import DynamicDWConv2d, IDynamicDWConv2d, check_dynamic_args, idynamic_groups
 

@@ -22,9 +22,10 @@ The paper's exact kernel sizes are not public here (SPEC 2.3); ours are argument
 
 A dilated branch whose outermost taps (offset r = d (k - 1) / 2 from the centre) cannot reach the
 map from any position, i.e. r >= a side of the map at ``ctx.resolution`` (receptive field
-d (k - 1) + 1 larger than 2 * side - 1), is rejected at build time: those taps would only ever
-multiply zero padding. Undilated kernels follow the usual convention of depth-wise convs and are
-accepted at any size. The forward runs at any resolution; only the gate's pooling spans the map.
+d (k - 1) + 1 larger than 2 * side - 1), would only ever multiply zero padding: :meth:`DMA.fit`
+lowers its dilation to the largest that reaches real pixels (1 at worst) and the resolved model
+config records it. Undilated kernels follow the usual convention of depth-wise convs at any size.
+The forward runs at any resolution; only the gate's pooling spans the map.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .base import Mixer, MixerContext, check_reduction, odd_kernel, positive_int
 
 
@@ -52,22 +53,27 @@ class DMA(Mixer):
         self.fc2 = nn.Linear(d // reduction, d)
 
     @classmethod
-    def _check(cls, args: dict[str, Any], *, dim: int, resolution: tuple[int, int], **_: Any) -> None:
+    def fit(cls, args: dict[str, Any], *, resolution: tuple[int, int], **_: Any) -> dict[str, Any]:
+        """On maps too small for a dilated branch (its outer taps would read only padding), lower that
+        branch's dilation to the largest that still reaches real pixels (1 at worst); e.g. the default
+        (3, 5, 7) x (1, 2, 2) becomes (1, 1, 1) dilations on the 4x4 and 1x1 maps of a 32-px U-* model."""
+        ks, ds = args.get("kernel_sizes", (3, 5, 7)), args.get("dilations", (1, 2, 2))
+        if not isinstance(ks, (list, tuple)) or not isinstance(ds, (list, tuple)) or len(ks) != len(ds):
+            return dict(args)  # malformed: _check names the problem
+        side = min(resolution)
+        fitted = [r if not (isinstance(k, int) and isinstance(r, int) and r > 1 and r * (k - 1) // 2 >= side)
+                  else max(1, (side - 1) // ((k - 1) // 2)) for k, r in zip(ks, ds, strict=True)]
+        return dict(args) if fitted == list(ds) else {**args, "dilations": fitted}
+
+    @classmethod
+    def _check(cls, args: dict[str, Any], *, dim: int, **_: Any) -> None:
         ks, ds = args.get("kernel_sizes", (3, 5, 7)), args.get("dilations", (1, 2, 2))
         if not isinstance(ks, (list, tuple)) or not isinstance(ds, (list, tuple)) or not ks or len(ks) != len(ds):
             raise ConfigError(f"mixer.args.kernel_sizes={ks!r} / dilations={ds!r} are invalid: "
                               "two non-empty lists of the same length (one kernel size and dilation per branch)")
         for i, (k, r) in enumerate(zip(ks, ds, strict=True)):
             odd_kernel(f"kernel_sizes[{i}]", k)
-            positive_int(f"dilations[{i}]", r)
-            side = min(resolution)
-            if r > 1 and r * (k - 1) // 2 >= side:
-                max_r = max(1, (side - 1) // ((k - 1) // 2))
-                raise ConfigError(
-                    f"mixer.args.dilations[{i}]={r} is invalid for kernel_sizes[{i}]={k} on the "
-                    f"{resolution[0]}x{resolution[1]} map: the receptive field {r * (k - 1) + 1} is larger than "
-                    f"the {2 * side - 1}-wide padded map its outer taps can reach (they would read only zero "
-                    f"padding); allowed dilations are 1..{max_r}")
+            positive_int(f"dilations[{i}]", r)  # reach on small maps: see fit
         check_reduction(args, dim, "the gate's")
 
     def gate(self, x: Tensor) -> Tensor:

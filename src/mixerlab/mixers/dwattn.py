@@ -34,14 +34,56 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+from timm.layers import register_notrace_function
 from torch import Tensor, nn
 
-from ..config import ConfigError, check_choice
-from .attend import attend, check_attn_act
+from ..errors import ConfigError, check_choice
+from .attend import AttentionInputs, attend, attention_weights, check_attn_act, scatter_dense
 from .base import Mixer, MixerContext
-from .halo import exclude_keys
-from .window import WINDOW_FITS, fit_window, window_partition, window_reverse
+from .window import (
+    WINDOW_FITS,
+    crop_like,
+    fit_window,
+    pad_to_multiple,
+    window_keys_on_map,
+    window_merge,
+    window_partition,
+    window_positions,
+)
+
+
+def _window(x: Tensor, window_size: int | None, fit: str) -> tuple[int, int]:
+    """The window used on the map of ``x``: the map itself when global, else fitted per side."""
+    if window_size is None:
+        return x.shape[1], x.shape[2]
+    return fit_window(x.shape[1], window_size, fit)[0], fit_window(x.shape[2], window_size, fit)[0]
+
+
+# The window depends on the runtime map, so everything that uses it is a torch.fx leaf (see mixers.window).
+
+@register_notrace_function
+def dw_partition(x: Tensor, window_size: int | None, fit: str) -> Tensor:
+    """``(B, H, W, C)`` -> ``(B * nW, n, C)``: windows of the zero-padded map (one window when global)."""
+    wh, ww = _window(x, window_size, fit)
+    return window_partition(pad_to_multiple(x, wh, ww), wh, ww)
+
+
+@register_notrace_function
+def dw_merge(y: Tensor, like: Tensor, window_size: int | None, fit: str) -> Tensor:
+    """Inverse of :func:`dw_partition` for the map of ``like``, padding cropped."""
+    return crop_like(window_merge(y, like, *_window(like, window_size, fit)), like)
+
+
+@register_notrace_function
+def dw_keys_on_map(x: Tensor, window_size: int | None, fit: str) -> Tensor:
+    """``(nW, 1, 1, n)``: which tokens of each window lie on the map of ``x``."""
+    return window_keys_on_map(x, _window(x, window_size, fit), (0, 0))
+
+
+@register_notrace_function
+def dw_positions(x: Tensor, window_size: int | None, fit: str) -> Tensor:
+    """``(nW, n)`` map positions of each window's tokens, ``H * W`` on padding."""
+    return window_positions(x, _window(x, window_size, fit), (0, 0))
 
 
 class DepthwiseAttention(Mixer):
@@ -58,7 +100,6 @@ class DepthwiseAttention(Mixer):
         self.qk = nn.Conv2d(c, 2 * c, 1, groups=c, bias=qkv_bias) if dw_proj else nn.Linear(c, 2 * c, bias=qkv_bias)
         self.v = nn.Linear(c, c, bias=qkv_bias)
         self.proj = nn.Linear(c, c)
-        self._masks: dict[tuple[Any, ...], Tensor] = {}
 
     @classmethod
     def _check(cls, args: dict[str, Any], **_: Any) -> None:
@@ -73,33 +114,37 @@ class DepthwiseAttention(Mixer):
             qk = self.qk(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
             qk = qk.unflatten(-1, (-1, 2))  # (B, H, W, C, 2): grouped-conv output order
             return qk[..., 0], qk[..., 1]
-        return self.qk(x).chunk(2, dim=-1)
+        qk = self.qk(x)
+        return qk[..., :self.v.out_features], qk[..., self.v.out_features:]
 
-    def _mask(self, h: int, w: int, wh: int, ww: int, device: torch.device) -> Tensor:
-        """``(nW, 1, 1, wh*ww)``: which keys of each window lie on the map."""
-        key = (h, w, wh, ww, device)
-        if key not in self._masks:
-            valid = F.pad(torch.ones(1, h, w, 1, device=device), (0, 0, 0, (-w) % ww, 0, (-h) % wh))
-            self._masks[key] = window_partition(valid, wh, ww).reshape(-1, 1, 1, wh * ww) > 0
-        return self._masks[key]
+    def _inputs(self, x: Tensor) -> AttentionInputs:
+        """q, k, v ``(B, nW * C, n, 1)`` (every channel a head; windows folded into the head axis,
+        window-major) and, with windows, the padding mask ``(1, nW * C, 1, n)`` (4-D for SDPA's fused kernel)."""
+        c = self.v.out_features
+        q, k = self._qk(x)
+        qkv = dw_partition(torch.cat([q, k, self.v(x)], dim=-1), self.window_size, self.window_fit)
+        t = qkv.unflatten(0, (x.shape[0], -1)).unflatten(-1, (3, c)).permute(3, 0, 1, 4, 2).flatten(2, 3)
+        mask = None
+        if self.window_size is not None:  # a global map has no padding
+            mask = dw_keys_on_map(x, self.window_size, self.window_fit).expand(-1, c, -1, -1).flatten(0, 1)[None]
+        return AttentionInputs(t[0, ..., None], t[1, ..., None], t[2, ..., None], mask=mask)
 
     def forward(self, x: Tensor) -> Tensor:
-        b, h, w, c = x.shape
-        q, k = self._qk(x)
-        qkv = torch.cat([q, k, self.v(x)], dim=-1)  # (B, H, W, 3C)
-        if self.window_size is None:
-            t = qkv.reshape(b, h * w, 3, c).permute(2, 0, 3, 1).unsqueeze(-1)  # (3, B, C, N, 1)
-            y = attend(t[0], t[1], t[2], act=self.attn_act, scale=1.0, fused=self.fused)
-            return self.proj(y.squeeze(-1).transpose(1, 2).reshape(b, h, w, c))
-        wh, ww = (fit_window(r, self.window_size, self.window_fit)[0] for r in (h, w))
-        ph, pw = (-h) % wh, (-w) % ww
-        win = window_partition(F.pad(qkv, (0, 0, 0, pw, 0, ph)), wh, ww)  # (B*nW, n, 3C)
-        bn, n, _ = win.shape
-        t = win.reshape(bn, n, 3, c).permute(2, 0, 3, 1).unsqueeze(-1)  # (3, B*nW, C, n, 1)
-        bias = mask = None
-        if ph or pw:
-            m = self._mask(h, w, wh, ww, x.device).unsqueeze(0).expand(b, -1, -1, -1, -1).reshape(bn, 1, 1, n)
-            bias, mask = exclude_keys(self.attn_act, m, None, t.dtype)
-        y = attend(t[0], t[1], t[2], act=self.attn_act, scale=1.0, bias=bias, mask=mask, fused=self.fused)
-        y = window_reverse(y.squeeze(-1).transpose(1, 2), wh, ww, h + ph, w + pw)[:, :h, :w]
-        return self.proj(y)
+        t = self._inputs(x)
+        y = attend(t.q, t.k, t.v, act=self.attn_act, scale=1.0, mask=t.mask, fused=self.fused)  # (B, nW * C, n, 1)
+        y = y.squeeze(-1).unflatten(1, (-1, self.v.out_features)).transpose(2, 3).flatten(0, 1)  # (B * nW, n, C)
+        return self.proj(dw_merge(y, x, self.window_size, self.window_fit))
+
+    def aggregation_weights(self, x: Tensor) -> Tensor:
+        """Post-activation weights ``A`` of shape ``(B, C, H*W, H*W)`` (explicit path, same function as forward).
+
+        ``A[b, c, i, j]`` is the weight channel ``c`` (its own head) gives map position ``j`` for query
+        position ``i`` (positions row-major, ``i = row * W + col``): nonzero only for keys in i's window (all
+        keys when global); padded keys have weight exactly 0 and are dropped. With ``v = x W_v + b_v`` at
+        map positions ``(B, H*W, C)``, ``forward(x) = proj(y)`` with ``y[b, i, c] = sum_j A[b, c, i, j] v[b, j, c]``.
+        """
+        t = self._inputs(x)
+        a = attention_weights(t.q, t.k, act=self.attn_act, scale=1.0, mask=t.mask)  # (B, nW * C, n, n)
+        pos = dw_positions(x, self.window_size, self.window_fit)
+        return scatter_dense(a.unflatten(1, (-1, self.v.out_features)).transpose(1, 2), pos, pos,
+                             x.shape[1] * x.shape[2])

@@ -39,38 +39,43 @@ pooled vector does); in eval mode samples are independent.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
 from torch import Tensor, nn
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .base import Mixer, MixerContext, check_reduction, odd_kernel, positive_int
 
 
 def dynamic_depthwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """Per-sample depth-wise conv: ``x`` (B, C, H, W), ``weight`` (B, C, K, K), ``bias`` (C,).
+    """Per-sample depth-wise conv: ``x`` (B, C, H, W), ``weight`` (B, C, K, K) with K odd, ``bias`` (C,).
 
     The batch is folded into the channels as ``(1, B*C, H, W)`` with channels-last memory
     ``(H, W, B*C)``: PyTorch's CPU depth-wise backward is several times faster in that layout
     than in NCHW (B=8, C=96, 56x56, K=7: about 1.9 s against 12 s for a whole ``dynconv``)."""
-    b, c, h, w = x.shape
-    k = weight.shape[-1]
-    folded = x.permute(2, 3, 0, 1).reshape(1, h, w, b * c).permute(0, 3, 1, 2)
-    y = F.conv2d(folded, weight.reshape(b * c, 1, k, k), None if bias is None else bias.repeat(b),
-                 padding=k // 2, groups=b * c)
-    return y.permute(0, 2, 3, 1).reshape(h, w, b, c).permute(2, 3, 0, 1)
+    b = x.shape[0]
+    folded = x.permute(2, 3, 0, 1).flatten(2).unsqueeze(0).permute(0, 3, 1, 2)
+    y = F.conv2d(folded, weight.flatten(0, 1).unsqueeze(1), None if bias is None else bias.repeat(b),
+                 padding="same", groups=folded.shape[1])
+    return y.squeeze(0).permute(1, 2, 0).unflatten(-1, (b, -1)).permute(2, 3, 0, 1)
+
+
+@register_notrace_function
+def kernel_side(weight: Tensor) -> int:
+    """K of per-position kernels ``(B, G, K*K, H, W)`` (a torch.fx leaf: Python arithmetic on a shape)."""
+    return math.isqrt(weight.shape[2])
 
 
 def inhomogeneous_depthwise_conv(x: Tensor, weight: Tensor) -> Tensor:
     """Per-position depth-wise conv: ``x`` (B, C, H, W), ``weight`` (B, G, K*K, H, W) with G | C,
     kernel taps in row-major order; channel c uses group c // (C / G)."""
-    b, c, h, w = x.shape
-    g, kk = weight.shape[1], weight.shape[2]
-    k = round(kk**0.5)
-    cols = F.unfold(x, k, padding=k // 2).view(b, g, c // g, kk, h, w)
-    return (cols * weight.unsqueeze(2)).sum(3).view(b, c, h, w)
+    k = kernel_side(weight)
+    cols = F.unfold(x, k, padding=k // 2).unflatten(1, (weight.shape[1], -1, weight.shape[2]))  # (B, G, C/G, K*K, HW)
+    return (cols * weight.flatten(-2).unsqueeze(2)).sum(3).flatten(1, 2).view_as(x)
 
 
 class DynamicDWConv2d(nn.Module):
@@ -88,7 +93,7 @@ class DynamicDWConv2d(nn.Module):
     def kernel(self, x: Tensor) -> Tensor:
         """``(B, C, H, W) -> (B, C, K, K)``."""
         z = F.relu(self.bn(self.conv1(x.mean((2, 3), keepdim=True))))
-        return self.conv2(z).view(x.shape[0], self.dim, self.kernel_size, self.kernel_size)
+        return self.conv2(z).view(-1, self.dim, self.kernel_size, self.kernel_size)
 
     def forward(self, x: Tensor) -> Tensor:
         return dynamic_depthwise_conv(x, self.kernel(x), self.bias)
@@ -107,8 +112,7 @@ class IDynamicDWConv2d(nn.Module):
 
     def kernel(self, x: Tensor) -> Tensor:
         """``(B, C, H, W) -> (B, G, K*K, H, W)``."""
-        b, _, h, w = x.shape
-        return self.conv2(F.relu(self.bn(self.conv1(x)))).view(b, self.groups, self.kernel_size**2, h, w)
+        return self.conv2(F.relu(self.bn(self.conv1(x)))).unflatten(1, (self.groups, self.kernel_size**2))
 
     def forward(self, x: Tensor) -> Tensor:
         return inhomogeneous_depthwise_conv(x, self.kernel(x))

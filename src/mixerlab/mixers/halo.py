@@ -41,25 +41,36 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
 from torch import Tensor, nn
 
-from ..config import ConfigError
-from .attend import attend, check_attn_act
+from ..errors import ConfigError, check_int
+from .attend import AttentionInputs, attend, attention_weights, check_attn_act, scatter_dense
 from .base import Mixer, MixerContext, positive_int
+from .window import crop_like, pad_to_multiple, window_merge, window_positions
+
+# Shape arithmetic lives in these functions, which torch.fx keeps as leaves (see mixers.window).
+
+@register_notrace_function
+def pad_halo(x: Tensor, block: int, halo: int) -> Tensor:
+    """Zero-pad an NCHW map by ``halo`` on every side plus, bottom / right, up to a multiple of ``block``."""
+    return F.pad(x, (halo, halo + -x.shape[3] % block, halo, halo + -x.shape[2] % block))
 
 
-def exclude_keys(act: str, mask: Tensor, bias: Tensor | None,
-                 dtype: torch.dtype) -> tuple[Tensor | None, Tensor | None]:
-    """``(bias, mask)`` for :func:`attend` that give masked keys exactly zero weight.
+@register_notrace_function
+def halo_windows(x: Tensor, block: int, halo: int, win: int) -> Tensor:
+    """``(nBlocks, win * win)`` map positions (``row * W + col``) of each block's key window on the map of ``x``
+    ``(B, H, W, C)``, ``H * W`` on padding."""
+    h, w = x.shape[1], x.shape[2]
+    pos = torch.arange(h * w, device=x.device).view(1, 1, h, w)
+    pos = F.pad(pos, (halo, halo + -w % block, halo, halo + -h % block), value=h * w)
+    return pos.unfold(2, win, block).unfold(3, win, block).reshape(-1, win * win)
 
-    ``attend`` masks softmax logits with Swin's -100, which leaves weight on a masked key when the
-    live logits are below -100 (unbounded products such as head-dim-1 logits); an additive -inf
-    bias removes it for any logits. The other activations already exclude masked keys.
-    """
-    if act != "softmax":
-        return bias, mask
-    hard = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
-    return (hard if bias is None else bias + hard), None
+
+@register_notrace_function
+def halo_keys_on_map(x: Tensor, block: int, halo: int, win: int) -> Tensor:
+    """``(nBlocks, win * win)`` padding mask: which keys of each block's window lie on the map of ``x``."""
+    return halo_windows(x, block, halo, win) < x.shape[1] * x.shape[2]
 
 
 class HaloAttention(Mixer):
@@ -84,7 +95,6 @@ class HaloAttention(Mixer):
         # (block_size, win_size) table row for query position p in the block and key position k in the window.
         idx = torch.arange(self.win_size)[None, :] - torch.arange(block_size)[:, None] + self.win_size - 1
         self.register_buffer("rel_index", idx, persistent=False)
-        self._masks: dict[tuple[Any, ...], Tensor] = {}
 
     def init_weights(self) -> None:
         # HaloNet / STM-Eval: N(0, d^-1/2) tables (not touched by the network-wide conv/linear init).
@@ -95,9 +105,7 @@ class HaloAttention(Mixer):
     def _check(cls, args: dict[str, Any], *, dim: int, num_heads: int, **_: Any) -> None:
         check_attn_act(args.get("attn_act", "softmax"))
         positive_int("block_size", args.get("block_size", 7))
-        halo = args.get("halo_size", 3)
-        if not isinstance(halo, int) or halo < 0:
-            raise ConfigError(f"mixer.args.halo_size={halo!r} is invalid: a non-negative integer")
+        check_int("mixer.args.halo_size", args.get("halo_size", 3), 0)
         if dim % num_heads:
             raise ConfigError(f"heads={num_heads} is invalid for halo attention at width {dim}: "
                               "the width must be a multiple of the number of heads")
@@ -109,30 +117,38 @@ class HaloAttention(Mixer):
         logits = lh[..., :, None] + lw[..., None, :]
         return logits.flatten(-2).flatten(-3, -2)
 
-    def _mask(self, h: int, w: int, device: torch.device) -> Tensor:
-        """``(nBlocks, 1, w*w)``: which keys of each block's window lie on the map."""
-        key = (h, w, device)
-        if key not in self._masks:
-            bs, hs, ws = self.block_size, self.halo_size, self.win_size
-            ph, pw = (-h) % bs, (-w) % bs
-            valid = F.pad(torch.ones(1, 1, h, w, device=device), (hs, hs + pw, hs, hs + ph))
-            valid = valid.unfold(2, ws, bs).unfold(3, ws, bs)  # (1, 1, nh, nw, ws, ws)
-            self._masks[key] = valid.reshape(-1, 1, ws * ws) > 0
-        return self._masks[key]
+    def _inputs(self, x: Tensor) -> AttentionInputs:
+        """q ``(B, h * nBlocks, b*b, d)``, k and v ``(B, h * nBlocks, w*w, d)`` (blocks folded into the head
+        axis, head-major: SDPA's fused kernels take 4-D inputs), the relative logits as bias and the padding
+        mask ``(1, h * nBlocks, 1, w*w)``."""
+        bs, hs, ws, nh, d = self.block_size, self.halo_size, self.win_size, self.num_heads, self.head_dim
+        q = pad_to_multiple(self.q(x), bs, bs).unflatten(1, (-1, bs)).unflatten(3, (-1, bs))  # (B, gh, bs, gw, bs, C)
+        q = q.unflatten(-1, (nh, d)).permute(0, 5, 1, 3, 2, 4, 6).flatten(2, 3)  # (B, h, nBlocks, bs, bs, d)
+        kv = pad_halo(self.kv(x.permute(0, 3, 1, 2)), bs, hs)
+        kv = kv.unfold(2, ws, bs).unfold(3, ws, bs)  # (B, 2C, gh, gw, ws, ws)
+        kv = kv.unflatten(1, (nh, 2 * d)).flatten(3, 4).flatten(-2).permute(0, 1, 3, 4, 2)  # (B, h, nBlocks, ws*ws, 2d)
+        mask = halo_keys_on_map(x, bs, hs, ws)[None, :, None].expand(nh, -1, -1, -1).flatten(0, 1)[None]
+        return AttentionInputs(q.flatten(-3, -2).flatten(1, 2), kv[..., :d].flatten(1, 2), kv[..., d:].flatten(1, 2),
+                               self.rel_logits(q).flatten(1, 2), mask)
 
     def forward(self, x: Tensor) -> Tensor:
-        b, h, w, c = x.shape
-        bs, hs, ws, nh_, d = self.block_size, self.halo_size, self.win_size, self.num_heads, self.head_dim
-        ph, pw = (-h) % bs, (-w) % bs
-        gh, gw = (h + ph) // bs, (w + pw) // bs
-        q = F.pad(self.q(x), (0, 0, 0, pw, 0, ph))
-        q = q.view(b, gh, bs, gw, bs, nh_, d).permute(0, 5, 1, 3, 2, 4, 6).reshape(b, nh_, gh * gw, bs, bs, d)
-        kv = F.pad(self.kv(x.permute(0, 3, 1, 2)), (hs, hs + pw, hs, hs + ph))
-        kv = kv.unfold(2, ws, bs).unfold(3, ws, bs)  # (B, 2C, gh, gw, ws, ws)
-        kv = kv.reshape(b, nh_, 2 * d, gh * gw, ws * ws).permute(0, 1, 3, 4, 2)
-        k, v = kv.split(d, dim=-1)  # (B, h, nBlocks, ws*ws, d)
-        bias, mask = exclude_keys(self.attn_act, self._mask(h, w, x.device), self.rel_logits(q), q.dtype)
-        y = attend(q.flatten(-3, -2), k, v, act=self.attn_act, scale=d ** -0.5, bias=bias, mask=mask,
-                   fused=self.fused)  # (B, h, nBlocks, bs*bs, d)
-        y = y.view(b, nh_, gh, gw, bs, bs, d).permute(0, 2, 4, 3, 5, 1, 6).reshape(b, gh * bs, gw * bs, c)
-        return self.proj(y[:, :h, :w])
+        t = self._inputs(x)
+        y = attend(t.q, t.k, t.v, act=self.attn_act, scale=self.head_dim ** -0.5, bias=t.bias, mask=t.mask,
+                   fused=self.fused)  # (B, h * nBlocks, bs*bs, d)
+        y = y.unflatten(1, (self.num_heads, -1)).permute(0, 2, 3, 1, 4).flatten(3)  # (B, nBlocks, bs*bs, C)
+        return self.proj(crop_like(window_merge(y.flatten(0, 1), x, self.block_size, self.block_size), x))
+
+    def aggregation_weights(self, x: Tensor) -> Tensor:
+        """Post-activation weights ``A`` of shape ``(B, h, H*W, H*W)`` (explicit path, same function as forward).
+
+        ``A[b, n, i, j]`` is the weight head ``n`` gives map position ``j`` for query position ``i``
+        (positions row-major, ``i = row * W + col``): nonzero only for on-map keys of the window around i's block
+        (padded keys have weight exactly 0 and are dropped). With ``v`` the value heads at map positions
+        ``(B, h, H*W, d)`` (``kv`` output channels ``2 n d + d .. 2 (n + 1) d``),
+        ``forward(x) = proj(merge_heads(A @ v))``.
+        """
+        t = self._inputs(x)
+        a = attention_weights(t.q, t.k, act=self.attn_act, scale=self.head_dim ** -0.5, bias=t.bias, mask=t.mask)
+        n = x.shape[1] * x.shape[2]
+        return scatter_dense(a.unflatten(1, (self.num_heads, -1)), window_positions(x, (self.block_size,) * 2, (0, 0)),
+                             halo_windows(x, self.block_size, self.halo_size, self.win_size), n)

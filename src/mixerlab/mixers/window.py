@@ -9,11 +9,13 @@ For a grid ``x`` of shape ``(B, H, W, C)`` and window ``w``:
 
 Shifted windows are the windows of the padded grid offset by s: original rows r and r' share a
 window iff floor((r - s) / w) == floor((r' - s) / w) (same for columns). The roll makes them
-contiguous; the pairs it brings together across the wrap are masked (softmax logit -100), as in
-Swin. Padding before rolling is the official Swin order (its detection code); timm rolls first and
-pads after, so there a shifted window on a map that needs padding mixes rows from both ends of the
-image. Padded tokens are masked as keys too (timm and Swin let them take part; mixerlab does not,
-so the output does not depend on how much padding a map needs).
+contiguous; the pairs it brings together across the wrap are region-masked: softmax adds -100 to
+their logits, exactly as Swin (so timm's weights give timm's function at any scale), the other
+activations exclude them (see :mod:`mixerlab.mixers.attend`). Padding before rolling is the official
+Swin order (its detection code); timm rolls first and pads after, so there a shifted window on a map
+that needs padding mixes rows from both ends of the image. Padded tokens are masked as keys with
+exactly zero weight (timm and Swin let them take part; mixerlab does not, so the output does not
+depend on how much padding a map needs).
 When the map at the model's image size is not larger than the window along a side, the window
 shrinks to the map and that side is not shifted (as in Swin and STM-Evaluation). When it is larger
 but not a multiple of the window, ``window_fit`` decides (per side, at the model's image size):
@@ -28,7 +30,8 @@ but not a multiple of the window, ``window_fit`` decides (per side, at the model
 Both give w whenever it divides the map (every stage of the published 224-px models), so they
 agree there. The relative-position table is sized for the effective window.
 Local attention is a dynamic depth-wise convolution with a w x w support that is shared by the
-channels of a head (Han et al., 2022).
+channels of a head (Han et al., 2022); :meth:`WindowAttention.aggregation_weights` returns that kernel
+as a dense map-position matrix per head.
 """
 
 from __future__ import annotations
@@ -38,10 +41,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
 from torch import Tensor, nn
 
-from ..config import ConfigError, check_choice
-from .attend import attend, check_attn_act
+from ..errors import check_choice, check_int
+from .attend import AttentionInputs, attend, attention_weights, check_attn_act, scatter_dense
 from .base import Mixer, MixerContext
 
 
@@ -65,17 +69,74 @@ def fit_window(size: int, window: int, fit: str = "balance") -> tuple[int, int]:
     return window, window // 2
 
 
+# Shape arithmetic lives in these functions, which torch.fx (timm's feature extraction) keeps as
+# leaves: traced once, a mixer then runs at any map size.
+
+@register_notrace_function
+def pad_to_multiple(x: Tensor, wh: int, ww: int) -> Tensor:
+    """Zero-pad ``(B, H, W, C)`` at the bottom / right to multiples of ``(wh, ww)``."""
+    return F.pad(x, (0, 0, 0, -x.shape[2] % ww, 0, -x.shape[1] % wh))
+
+
+@register_notrace_function
 def window_partition(x: Tensor, wh: int, ww: int) -> Tensor:
-    """``(B, H, W, C)`` with H, W multiples of the window -> ``(B * nW, wh * ww, C)``."""
+    """``(B, H, W, C)`` with H, W multiples of the window -> ``(B * nW, wh * ww, C)``, windows row-major."""
     b, h, w, c = x.shape
     x = x.view(b, h // wh, wh, w // ww, ww, c).permute(0, 1, 3, 2, 4, 5)
     return x.reshape(-1, wh * ww, c)
 
 
-def window_reverse(x: Tensor, wh: int, ww: int, h: int, w: int) -> Tensor:
-    c = x.shape[-1]
-    x = x.view(-1, h // wh, w // ww, wh, ww, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(-1, h, w, c)
+@register_notrace_function
+def window_merge(x: Tensor, like: Tensor, wh: int, ww: int) -> Tensor:
+    """Inverse of :func:`window_partition` onto the padded map of ``like`` ``(B, H, W, C)``:
+    ``(B * nW, wh * ww, C)`` -> ``(B, Hp, Wp, C)``."""
+    hp, wp = like.shape[1] + -like.shape[1] % wh, like.shape[2] + -like.shape[2] % ww
+    x = x.view(-1, hp // wh, wp // ww, wh, ww, x.shape[-1]).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, hp, wp, x.shape[-1])
+
+
+@register_notrace_function
+def crop_like(y: Tensor, x: Tensor) -> Tensor:
+    """``y`` cut to the ``H x W`` of ``x`` (both ``(B, H, W, C)``-shaped): drops bottom / right padding."""
+    return y[:, :x.shape[1], :x.shape[2]]
+
+
+def _padded_grid(x: Tensor, window: tuple[int, int], shift: tuple[int, int], pad_value: int) -> Tensor:
+    """``(nW, N)``: map position ``row * W + col`` of every token of every rolled window for the map of ``x``;
+    ``pad_value`` on padding."""
+    h, w = x.shape[1], x.shape[2]
+    (wh, ww), (sh, sw) = window, shift
+    grid = torch.full((h + -h % wh, w + -w % ww), pad_value, dtype=torch.long, device=x.device)
+    grid[:h, :w] = torch.arange(h * w, device=x.device).view(h, w)
+    grid = torch.roll(grid, shifts=(-sh, -sw), dims=(0, 1))
+    return window_partition(grid[None, :, :, None], wh, ww).squeeze(-1)
+
+
+@register_notrace_function
+def window_positions(x: Tensor, window: tuple[int, int], shift: tuple[int, int]) -> Tensor:
+    """``(nW, N)`` map positions (``row * W + col``) of the tokens of each rolled window, ``H * W`` on padding."""
+    return _padded_grid(x, window, shift, x.shape[1] * x.shape[2])
+
+
+@register_notrace_function
+def window_keys_on_map(x: Tensor, window: tuple[int, int], shift: tuple[int, int]) -> Tensor:
+    """``(nW, 1, 1, N)`` padding mask: which tokens of each rolled window lie on the map of ``x``."""
+    return (_padded_grid(x, window, shift, -1) >= 0)[:, None, None, :]
+
+
+@register_notrace_function
+def shift_regions(x: Tensor, window: tuple[int, int], shift: tuple[int, int]) -> Tensor:
+    """``(nW, 1, N, N)`` region mask: which token pairs of each rolled window come from one region of the
+    padded map of ``x`` (Swin's labelling; a window that wraps holds tokens from both ends)."""
+    (wh, ww), (sh, sw) = window, shift
+    hp, wp = x.shape[1] + -x.shape[1] % wh, x.shape[2] + -x.shape[2] % ww
+    region = torch.zeros(hp, wp, dtype=torch.long, device=x.device)
+    rows = (slice(0, hp - wh), slice(hp - wh, hp - sh), slice(hp - sh, hp)) if sh else (slice(0, hp),)
+    cols = (slice(0, wp - ww), slice(wp - ww, wp - sw), slice(wp - sw, wp)) if sw else (slice(0, wp),)
+    for i, (hs, ws) in enumerate((hs, ws) for hs in rows for ws in cols):
+        region[hs, ws] = i
+    win = window_partition(region[None, :, :, None], wh, ww).squeeze(-1)  # (nW, N)
+    return (win[:, :, None] == win[:, None, :])[:, None]
 
 
 class WindowAttention(Mixer):
@@ -88,6 +149,7 @@ class WindowAttention(Mixer):
         shifting = shift and ctx.index % 2 == 1
         self.shift = (fits[0][1], fits[1][1]) if shifting else (0, 0)
         self.num_heads = ctx.num_heads
+        self.head_dim = ctx.dim // ctx.num_heads
         self.attn_act = attn_act
         self.fused = fused
         self.qkv = nn.Linear(ctx.dim, 3 * ctx.dim, bias=qkv_bias)
@@ -99,61 +161,61 @@ class WindowAttention(Mixer):
             self.register_buffer("relative_position_index", relative_position_index(wh, ww), persistent=False)
         else:
             self.relative_position_bias_table = None
-        self._masks: dict[tuple[Any, ...], Tensor | None] = {}
 
     @classmethod
     def _check(cls, args: dict[str, Any], **_: Any) -> None:
         check_attn_act(args.get("attn_act", "softmax"))
-        ws = args.get("window_size", 7)
-        if not isinstance(ws, int) or ws < 1:
-            raise ConfigError(f"mixer.args.window_size={ws!r} is invalid: a positive integer")
+        check_int("mixer.args.window_size", args.get("window_size", 7))
         check_choice("mixer.args.window_fit", args.get("window_fit", "balance"), WINDOW_FITS)
 
-    def _mask(self, h: int, w: int, hp: int, wp: int, device: torch.device) -> Tensor | None:
-        """``(nW, N, N)`` may-attend mask for shifted regions and padding, or None when all may."""
-        key = (h, w, hp, wp, device)
-        if key not in self._masks:
-            (wh, ww), (sh, sw) = self.window, self.shift
-            if not (sh or sw or hp > h or wp > w):
-                self._masks[key] = None
-            else:
-                region = torch.zeros(hp, wp, dtype=torch.long, device=device)
-                cnt = 0
-                rows = (slice(0, hp - wh), slice(hp - wh, hp - sh), slice(hp - sh, hp)) if sh else (slice(0, hp),)
-                cols = (slice(0, wp - ww), slice(wp - ww, wp - sw), slice(wp - sw, wp)) if sw else (slice(0, wp),)
-                for hs in rows:
-                    for ws in cols:
-                        region[hs, ws] = cnt
-                        cnt += 1
-                # Padding (bottom/right of the unshifted grid, rolled with it) gets its own id, never a key.
-                real = torch.zeros(hp, wp, dtype=torch.bool, device=device)
-                real[:h, :w] = True
-                region[~torch.roll(real, shifts=(-sh, -sw), dims=(0, 1))] = -1
-                win = window_partition(region[None, :, :, None], wh, ww).squeeze(-1)  # (nW, N)
-                self._masks[key] = (win[:, :, None] == win[:, None, :]) & (win[:, None, :] >= 0)
-        return self._masks[key]
+    def _per_head(self, t: Tensor) -> Tensor:
+        """``(nW, 1 or h, ...)`` -> ``(1, nW * h, ...)``: the window-major head axis of :meth:`_inputs` (4-D:
+        SDPA's CPU kernel falls back to its slower math path for a 3-D mask)."""
+        return t.expand(-1, self.num_heads, -1, -1).flatten(0, 1)[None]
+
+    def _inputs(self, x: Tensor) -> AttentionInputs:
+        """q, k, v ``(B, nW * h, N, d)`` (the windows of the padded, rolled map folded into the head axis,
+        window-major: SDPA's fused kernels take 4-D inputs) and bias / masks broadcastable to
+        ``(B, nW * h, N, N)`` with a batch axis of 1: built once per map rather than once per sample (the
+        layout costs a copy of q, k, v, less than per-sample masks or three thinner qkv products)."""
+        wh, ww = self.window
+        xp = pad_to_multiple(x, wh, ww)
+        if self.shift != (0, 0):
+            xp = torch.roll(xp, shifts=(-self.shift[0], -self.shift[1]), dims=(1, 2))
+        qkv = self.qkv(window_partition(xp, wh, ww)).unflatten(0, (x.shape[0], -1))  # (B, nW, N, 3C)
+        qkv = qkv.unflatten(-1, (3, self.num_heads, self.head_dim)).permute(3, 0, 1, 4, 2, 5).flatten(2, 3)
+        keys = window_keys_on_map(x, self.window, self.shift)  # (nW, 1, 1, N)
+        bias = region = None
+        if self.relative_position_bias_table is not None:
+            n = wh * ww
+            table = self.relative_position_bias_table[self.relative_position_index.reshape(-1)]
+            bias = self._per_head(table.view(n, n, -1).permute(2, 0, 1).expand(keys.shape[0], -1, -1, -1))
+        if self.shift != (0, 0):
+            region = self._per_head(shift_regions(x, self.window, self.shift))
+        return AttentionInputs(qkv[0], qkv[1], qkv[2], bias, self._per_head(keys), region)
 
     def forward(self, x: Tensor) -> Tensor:
-        b, h, w, c = x.shape
-        (wh, ww), (sh, sw) = self.window, self.shift
-        ph, pw = (wh - h % wh) % wh, (ww - w % ww) % ww
-        x = F.pad(x, (0, 0, 0, pw, 0, ph))
-        hp, wp = h + ph, w + pw
-        if sh or sw:
-            x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
-        win = window_partition(x, wh, ww)  # (B*nW, N, C)
-        bn, n, _ = win.shape
-        qkv = self.qkv(win).reshape(bn, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        bias = None
-        if self.relative_position_bias_table is not None:
-            idx = self.relative_position_index.reshape(-1)
-            bias = self.relative_position_bias_table[idx].view(n, n, -1).permute(2, 0, 1).unsqueeze(0)
-        mask = self._mask(h, w, hp, wp, x.device)
-        if mask is not None:
-            mask = mask[None, :, None].expand(b, -1, -1, -1, -1).reshape(bn, 1, n, n)
-        y = attend(qkv[0], qkv[1], qkv[2], act=self.attn_act, bias=bias, mask=mask, fused=self.fused)
-        y = self.proj(y.transpose(1, 2).reshape(bn, n, c))
-        y = window_reverse(y, wh, ww, hp, wp)
-        if sh or sw:
-            y = torch.roll(y, shifts=(sh, sw), dims=(1, 2))
-        return y[:, :h, :w]
+        t = self._inputs(x)
+        y = attend(t.q, t.k, t.v, act=self.attn_act, scale=self.head_dim ** -0.5, bias=t.bias, mask=t.mask,
+                   region=t.region, fused=self.fused)  # (B, nW * h, N, d)
+        y = self.proj(y.unflatten(1, (-1, self.num_heads)).transpose(2, 3).flatten(3).flatten(0, 1))
+        y = window_merge(y, x, *self.window)
+        if self.shift != (0, 0):
+            y = torch.roll(y, shifts=self.shift, dims=(1, 2))
+        return crop_like(y, x)
+
+    def aggregation_weights(self, x: Tensor) -> Tensor:
+        """Post-activation weights ``A`` of shape ``(B, h, H*W, H*W)`` (explicit path, same function as forward).
+
+        ``A[b, n, i, j]`` is the weight head ``n`` gives map position ``j`` for query position ``i``
+        (positions row-major, ``i = row * W + col``): nonzero only for keys in the query's (rolled) window;
+        padded keys are dropped (their weight is exactly 0); keys of another region of a wrapping window
+        keep Swin's ``exp(-100)``-scaled softmax weight. With ``v`` the value heads at map positions
+        ``(B, h, H*W, d)`` (channels ``2C + n d .. 2C + (n + 1) d`` of ``qkv``),
+        ``forward(x) = proj(merge_heads(A @ v))``.
+        """
+        t = self._inputs(x)
+        a = attention_weights(t.q, t.k, act=self.attn_act, scale=self.head_dim ** -0.5, bias=t.bias, mask=t.mask,
+                              region=t.region)
+        pos = window_positions(x, self.window, self.shift)
+        return scatter_dense(a.unflatten(1, (-1, self.num_heads)).transpose(1, 2), pos, pos, x.shape[1] * x.shape[2])

@@ -1,6 +1,6 @@
 """Crash-safe checkpoints: safetensors weights, a ``weights_only``-loadable state file and a JSON manifest.
 
-Layout under ``<run_dir>/checkpoints/``::
+Layout under ``<run_dir>/checkpoints/`` (the names are defined in ``rundir.py``)::
 
     step-00001234.safetensors   model.* and ema.* tensors
     step-00001234.state.pt      optimiser, scheduler, scaler, per-rank RNG states, epoch / position / counters
@@ -30,14 +30,12 @@ import numpy as np
 import safetensors.torch
 import torch
 
-MANIFEST = "latest.json"
+from ..errors import stable_hash
+from .rundir import MANIFEST, CheckpointError, find_manifest
+
 FORMAT = "mixerlab-checkpoint-1"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, corrupt, or belongs to another model; the message says which and why."""
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
@@ -66,8 +64,11 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def model_hash(name: str, model_config: dict[str, Any]) -> str:
-    blob = json.dumps({"model": name, "config": model_config}, sort_keys=True, default=list)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    """The model identity a checkpoint is bound to: its name and resolved config (``model.config.to_dict()``).
+
+    Through :func:`mixerlab.errors.stable_hash`, which refuses anything but plain JSON data (tuples count as
+    lists), so a config cannot hash two ways."""
+    return stable_hash({"model": name, "config": model_config})
 
 
 # ---- RNG states as plain data --------------------------------------------------------------------
@@ -134,19 +135,8 @@ def save_checkpoint(ckpt_dir: Path, weights: dict[str, torch.Tensor], state: dic
     return mpath
 
 
-def find_manifest(path: str | Path) -> Path:
-    """A run dir, its ``checkpoints`` dir or a manifest file -> the manifest path."""
-    p = Path(path)
-    for cand in (p, p / MANIFEST, p / "checkpoints" / MANIFEST):
-        if cand.is_file():
-            return cand
-    raise CheckpointError(f"checkpoint={str(path)!r} is invalid: no {MANIFEST} there or under "
-                          f"{p / 'checkpoints'}; give a run dir, its checkpoints dir or a manifest")
-
-
-def load_checkpoint(path: str | Path, *, with_state: bool = True) -> Checkpoint:
-    """Read and verify a checkpoint (checksums, format); raise :class:`CheckpointError` on any problem."""
-    mpath = find_manifest(path)
+def read_manifest(mpath: Path) -> dict[str, Any]:
+    """The manifest at ``mpath``, its format checked (no weights are read)."""
     try:
         manifest = json.loads(mpath.read_text())
     except (OSError, ValueError) as e:
@@ -154,6 +144,14 @@ def load_checkpoint(path: str | Path, *, with_state: bool = True) -> Checkpoint:
                               "with --overwrite") from e
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint manifest {mpath} is not a {FORMAT} manifest")
+    return manifest
+
+
+def load_checkpoint(path: str | Path, *, with_state: bool = True) -> Checkpoint:
+    """Read and verify a checkpoint (checksums, format); raise :class:`CheckpointError` on any problem.
+    ``path``: a run dir, its ``checkpoints`` dir or a manifest."""
+    mpath = find_manifest(path)
+    manifest = read_manifest(mpath)
     files = {"weights": mpath.parent / manifest["weights"], "state": mpath.parent / manifest["state"]}
     for kind, f in files.items():
         if kind == "state" and not with_state:

@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from ..config import ConfigError
 from ..data import DataConfig, DataError
+from ..errors import ConfigError
 from .checkpoint import CheckpointError
 
 EXIT_DIVERGED = 3
@@ -26,7 +26,7 @@ EXIT_INVALID = 2
 S = argparse.SUPPRESS
 
 
-def _kv(text: str) -> tuple[str, Any]:
+def parse_kv(text: str) -> tuple[str, Any]:
     """``key=value`` with a YAML-parsed value (``window_size=4``, ``depths=[1,1,1,1]``)."""
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"{text!r} is not key=value")
@@ -61,7 +61,7 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--accum-steps", "accum_steps", int, "gradient accumulation steps"),
     ("--opt", "opt", str, "any optimiser of timm's factory (adamw, sgd, lamb, ...)"),
     ("--lr", "lr", float, "peak learning rate"),
-    ("--weight-decay", "weight_decay", float, "weight decay (not on norms, biases, position tables)"),
+    ("--weight-decay", "weight_decay", float, "weight decay (never on norms and biases; tables: --decay-tables)"),
     ("--momentum", "momentum", float, "momentum (SGD-like optimisers)"),
     ("--opt-eps", "opt_eps", float, "optimiser epsilon"),
     ("--sched", "sched", str, "cosine, tanh, step, multistep, poly or none"),
@@ -80,8 +80,11 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--device", "device", str, "auto, cpu, cuda or cuda:N"),
     ("--eval-every", "eval_every", int, "evaluate every N epochs (and after the last)"),
     ("--ckpt-every-steps", "ckpt_every_steps", int, "also checkpoint every N optimiser steps (0: epochs only)"),
+    ("--log-every-steps", "log_every_steps", int, "append loss/lr to <run_dir>/steps.jsonl every N steps (0: off)"),
 ]
-SWITCHES = [("--ema", "ema", "keep an EMA of the weights and evaluate it too"),
+SWITCHES = [("--decay-tables", "decay_tables", "weight decay on position and relative-position tables too "
+                                                "(STM-Evaluation; default: not)"),
+            ("--ema", "ema", "keep an EMA of the weights and evaluate it too"),
             ("--ema-warmup", "ema_warmup", "EMA decay warm-up"),
             ("--channels-last", "channels_last", "channels_last memory format"),
             ("--compile", "compile", "torch.compile the model"),
@@ -99,7 +102,7 @@ def configure_train(p: argparse.ArgumentParser) -> None:
     for flag, key, help_text in SWITCHES:
         p.add_argument(flag, dest=key, action="store_true", default=S, help=help_text)
     p.add_argument("--out", dest="run_dir", type=str, default=S, help="same as --run-dir")
-    p.add_argument("--model-arg", dest="model_args", type=_kv, action="append", default=S, metavar="KEY=VALUE",
+    p.add_argument("--model-arg", dest="model_args", type=parse_kv, action="append", default=S, metavar="KEY=VALUE",
                    help="model override or mixer argument, repeatable (window_size=4, depths=[1,1,1,1])")
     p.add_argument("--opt-betas", dest="opt_betas", type=float, nargs="+", default=S, help="optimiser betas")
     p.add_argument("--sync-bn", dest="sync_bn", type=_bool, default=S,
@@ -158,14 +161,14 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint
     from .engine import evaluate
+    from .rundir import RunDir
 
     _logging()
     try:
         data = None
         if args.data or args.data_dir or args.img_size or args.eval_subset:
-            base = load_checkpoint(args.checkpoint, with_state=False).manifest["data"]
+            base = RunDir.find(args.checkpoint).manifest()["data"]
             given = {"name": args.data, "data_dir": args.data_dir, "img_size": args.img_size,
                      "eval_subset": args.eval_subset}
             data = DataConfig(**{**base, "train_subset": None, **{k: v for k, v in given.items() if v is not None}})

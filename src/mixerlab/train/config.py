@@ -14,9 +14,7 @@ Learning rate at optimiser step t (T steps in total, W warm-up steps, timm's cos
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,19 +22,28 @@ from typing import Any
 
 import yaml
 
-from ..config import ConfigError, check_choice, check_keys
 from ..data import DataConfig
+from ..errors import ConfigError, check_choice, check_int, check_keys, check_number, fail, stable_hash
 
 SCHEDULERS = ("cosine", "tanh", "step", "multistep", "poly", "none")
 AMP = ("none", "bf16", "fp16")
 CLIP_MODES = ("norm", "value", "agc")
-# Fields that steer one invocation, not the experiment: excluded from the config hash.
-RUN_CONTROL = ("resume", "overwrite", "progress", "tensorboard", "num_workers", "run_dir")
+# Fields that steer one invocation, not the experiment: excluded from the config hash. log_every_steps is here
+# too: the per-step log only observes the run (it reads the step's loss and lr, draws no random numbers), so
+# two runs that differ only in it are the same experiment with the same outcome.
+RUN_CONTROL = ("resume", "overwrite", "progress", "tensorboard", "num_workers", "run_dir", "log_every_steps")
 
 
 @dataclass
 class TrainConfig:
-    """Everything a training run needs; the defaults are the small-grey recipe (Fashion-MNIST, 32x32, 1 channel)."""
+    """Everything a training run needs; the defaults are the small-grey recipe (Fashion-MNIST, 32x32, 1 channel).
+
+    Weight decay never applies to 1-D parameters (norm weights, biases). ``decay_tables`` decides the tables a
+    model lists in ``no_weight_decay()``: False (the SPEC default, as timm and DeiT) leaves position tables
+    (``pos_embed``), class tokens and relative-position tables undecayed; True is STM-Evaluation's choice, whose
+    PVT decays ``pos_embed`` and whose Halo decays its relative tables: position and relative-position tables
+    are decayed like weights (class tokens still are not).
+    """
 
     model: str = "u_convnext_micro"
     model_args: dict[str, Any] = field(default_factory=dict)  # model config overrides or mixer args
@@ -50,6 +57,7 @@ class TrainConfig:
     opt: str = "adamw"
     lr: float = 2e-3
     weight_decay: float = 0.05
+    decay_tables: bool = False  # True: position / relative-position tables get weight decay (STM-Evaluation)
     momentum: float = 0.9
     opt_eps: float | None = None
     opt_betas: list[float] | None = None
@@ -80,6 +88,7 @@ class TrainConfig:
     sync_bn: bool | None = None  # None: on when world size > 1 on CUDA (torch has no CPU SyncBatchNorm)
     eval_every: int = 1
     ckpt_every_steps: int = 0  # 0: checkpoint at epoch ends only
+    log_every_steps: int = 0  # > 0: append a row to <run_dir>/steps.jsonl every that many optimiser steps
     tensorboard: bool = False
     progress: bool | None = None  # None: a tqdm bar when stderr is a terminal
     resume: bool = False
@@ -136,9 +145,9 @@ class TrainConfig:
         return {**out, **self.model_args}
 
     def hash(self) -> str:
-        """Hash of the experiment (run-control fields excluded)."""
-        d = {k: v for k, v in self.to_dict().items() if k not in RUN_CONTROL}
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        """Hash of the experiment (run-control fields excluded), via :func:`mixerlab.errors.stable_hash`: equal
+        configs hash equal whether a sequence is a tuple or a list, and a value JSON cannot hold is an error."""
+        return stable_hash({k: v for k, v in self.to_dict().items() if k not in RUN_CONTROL})
 
     # ---- validation ----------------------------------------------------------------------
     def validate(self) -> TrainConfig:
@@ -156,44 +165,32 @@ class TrainConfig:
             raise ConfigError(f"drop_path={self.drop_path!r} is invalid: a rate in [0, 1), or null for the "
                               "model's own rate")
         model_config(self.model, **self.model_overrides(num_classes=10))  # geometry and mixer args
-        _int("epochs", self.epochs, 1)
-        _int("batch_size", self.batch_size, 1)
-        _int("eval_batch_size", self.eval_batch_size, 1)
-        _int("accum_steps", self.accum_steps, 1)
-        _int("warmup_epochs", self.warmup_epochs, 0)
+        for name in ("epochs", "batch_size", "eval_batch_size", "accum_steps", "eval_every", "decay_epochs"):
+            check_int(name, getattr(self, name))
+        for name in ("warmup_epochs", "seed", "num_workers", "ckpt_every_steps", "log_every_steps"):
+            check_int(name, getattr(self, name), minimum=0)
         if self.warmup_epochs > self.epochs:
             raise ConfigError(f"warmup_epochs={self.warmup_epochs!r} is invalid: at most epochs={self.epochs}")
-        _int("seed", self.seed, 0)
-        _int("num_workers", self.num_workers, 0)
-        _int("eval_every", self.eval_every, 1)
-        _int("ckpt_every_steps", self.ckpt_every_steps, 0)
         check_choice("opt", self.opt.lower(), timm.optim.list_optimizers())
         check_choice("sched", self.sched, SCHEDULERS)
         check_choice("amp", self.amp, AMP)
         check_choice("clip_mode", self.clip_mode, CLIP_MODES)
-        _positive("lr", self.lr)
+        if not isinstance(self.decay_tables, bool):
+            fail("decay_tables", self.decay_tables, "true or false")
+        positive = ["lr", "decay_rate"] + [n for n in ("opt_eps", "clip_grad") if getattr(self, n) is not None]
+        for name in positive:
+            check_number(name, getattr(self, name), 0.0, low_open=True)
         for name in ("weight_decay", "warmup_lr", "min_lr", "momentum", "mixup", "cutmix"):
-            if not float(getattr(self, name)) >= 0.0:
-                raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: a number >= 0")
+            check_number(name, getattr(self, name), 0.0)
         if self.min_lr > self.lr:
             raise ConfigError(f"min_lr={self.min_lr!r} is invalid: at most lr={self.lr}")
-        if self.opt_eps is not None:
-            _positive("opt_eps", self.opt_eps)
         if self.opt_betas is not None and (len(self.opt_betas) not in (2, 3)
                                            or not all(0.0 <= b < 1.0 for b in self.opt_betas)):
             raise ConfigError(f"opt_betas={self.opt_betas!r} is invalid: null or 2-3 numbers in [0, 1)")
-        if self.decay_epochs < 1 or self.decay_rate <= 0:
-            raise ConfigError(f"decay_epochs/decay_rate={(self.decay_epochs, self.decay_rate)!r} is invalid: "
-                              "a positive number of epochs and a positive factor")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"label_smoothing={self.label_smoothing!r} is invalid: a number in [0, 1)")
+        check_number("label_smoothing", self.label_smoothing, 0.0, 1.0)
         for name in ("mixup_prob", "mixup_switch_prob"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: a probability in [0, 1]")
-        if self.clip_grad is not None:
-            _positive("clip_grad", self.clip_grad)
-        if not 0.0 < self.ema_decay < 1.0:
-            raise ConfigError(f"ema_decay={self.ema_decay!r} is invalid: a number in (0, 1)")
+            check_number(name, getattr(self, name), 0.0, 1.0, high_open=False)
+        check_number("ema_decay", self.ema_decay, 0.0, 1.0, low_open=True)
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"device={self.device!r} is invalid: 'auto', 'cpu', 'cuda' or 'cuda:<index>'")
         if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
@@ -223,12 +220,3 @@ class TrainConfig:
             raise ConfigError(f"batch_size={self.batch_size} is invalid with mixup/cutmix: the per-forward batch "
                               f"{self.batch_size // per} must be even (timm's Mixup pairs samples)")
 
-
-def _int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name}={value!r} is invalid: an integer >= {minimum}")
-
-
-def _positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigError(f"{name}={value!r} is invalid: a number > 0")

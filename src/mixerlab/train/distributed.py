@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..errors import ConfigError
+
 
 @dataclass
 class DistEnv:
@@ -80,7 +82,6 @@ def resolve_device(pref: str, env: DistEnv) -> torch.device:
         pref = f"cuda:{env.local_rank}"
     device = torch.device(pref)
     if device.type == "cuda" and not torch.cuda.is_available():
-        from ..config import ConfigError
         raise ConfigError(f"device={pref!r} is invalid here: CUDA is not available; use 'cpu' or 'auto'")
     return device
 

@@ -10,19 +10,21 @@ before the optimiser step, so no non-finite update is applied or saved.
 Resumption is exact: the loader order is a function of (seed, epoch); a resumed epoch re-draws its first
 ``pos * accum_steps`` batches (discarded) and then restores the RNG states saved with the checkpoint, so the
 remaining batches, augmentations, drop-path masks and mixup draws are the ones the uninterrupted run saw.
+The run directory's files and their names are those of ``rundir.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fnmatch
 import logging
 import math
 import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ import torch.nn.functional as F
 import yaml
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
-from timm.optim import create_optimizer_v2
+from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, dispatch_clip_grad
 from torch import nn
@@ -39,17 +41,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
-from ..archs import build_model
-from ..config import ConfigError, ModelConfig
 from ..data import DataConfig, build_data, loader
+from ..errors import ConfigError
 from ..zoo import create_model
 from .checkpoint import (
-    MANIFEST,
     Checkpoint,
-    CheckpointError,
     atomic_write,
     atomic_write_json,
-    load_checkpoint,
     model_hash,
     rng_state,
     save_checkpoint,
@@ -67,36 +65,13 @@ from .distributed import (
     seed_everything,
     set_deterministic,
 )
-from .metrics import MetricsLog, peak_memory_mb, topk_correct
+from .metrics import JsonlLog, MetricsLog, peak_memory_mb, topk_correct
+from .rundir import RUN_FILES, CheckpointError, RunDir, RunRecord
 
 log = logging.getLogger("mixerlab.train")
-RUN_FILES = ("config.yaml", "metrics.jsonl", "record.json", "checkpoints", "tb")
-
-
-@dataclass
-class RunRecord:
-    """The outcome of a run (also ``<run_dir>/record.json``)."""
-
-    status: str  # completed | diverged | failed
-    run_dir: str
-    model: str
-    params: int = 0
-    epochs: int = 0
-    epochs_completed: int = 0
-    global_step: int = 0
-    best_top1: float | None = None
-    final: dict[str, Any] = field(default_factory=dict)
-    epoch_times: list[float] = field(default_factory=list)
-    diverged_step: int | None = None
-    last_finite_loss: float | None = None
-    error: str | None = None
-    world_size: int = 1
-    device: str = "cpu"
-    data: dict[str, Any] = field(default_factory=dict)
-    config: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+# The tables of a model's no_weight_decay() that decay_tables=True decays: absolute position embeddings and
+# relative-position tables (Swin's bias table, Halo's rel_height / rel_width); class tokens stay undecayed.
+POSITION_TABLES = ("*pos_embed*", "*relative_position*", "*rel_*")
 
 
 @dataclass
@@ -139,32 +114,29 @@ def train(cfg: TrainConfig) -> RunRecord:
 def evaluate(checkpoint: str | Path, data: DataConfig | None = None, *, batch_size: int = 256,
              device: str = "auto", amp: str = "none", num_workers: int = 0,
              progress: bool | None = None) -> dict[str, Any]:
-    """Top-1/top-5/loss of a checkpoint's model (and EMA) on ``data``'s eval split (default: the run's data)."""
-    ck = load_checkpoint(checkpoint, with_state=False)
-    mcfg = ModelConfig.from_dict(ck.manifest["model_config"])
-    data = data or DataConfig(**{**ck.manifest["data"], "train_subset": None})
-    if data.in_chans != mcfg.in_chans:
-        raise ConfigError(f"data.in_chans={data.in_chans} is invalid for this checkpoint: its model takes "
-                          f"in_chans={mcfg.in_chans}")
+    """Top-1/top-5/loss of a checkpoint's model (and EMA) on ``data``'s eval split (default: the run's data).
+    ``checkpoint``: a run dir, its checkpoints dir or its manifest; models come from :meth:`RunDir.load_model`."""
+    run = RunDir.find(checkpoint)
+    manifest = run.manifest()
     env = DistEnv()
     dev = resolve_device(device, env)
+    model = run.load_model("model", dev)
+    data = data or DataConfig(**{**manifest["data"], "train_subset": None})
+    if data.in_chans != model.config.in_chans:
+        raise ConfigError(f"data.in_chans={data.in_chans} is invalid for this checkpoint: its model takes "
+                          f"in_chans={model.config.in_chans}")
     bundle = build_data(data)
-    if bundle.num_classes != mcfg.num_classes:
+    if bundle.num_classes != model.config.num_classes:
         raise ConfigError(f"data.name={data.name!r} has {bundle.num_classes} classes but the checkpoint's model "
-                          f"predicts {mcfg.num_classes}")
+                          f"predicts {model.config.num_classes}")
     show = _show_progress(progress, env)
-    out: dict[str, Any] = {"checkpoint": str(checkpoint), "model": ck.manifest["model"],
-                           "epoch": ck.manifest["epoch"], "global_step": ck.manifest["global_step"],
+    out: dict[str, Any] = {"checkpoint": str(checkpoint), "model": manifest["model"],
+                           "epoch": manifest["epoch"], "global_step": manifest["global_step"],
                            "num_eval": len(bundle.eval)}  # type: ignore[arg-type]
-    for prefix in ("model.", "ema."):
-        weights = ck.model_weights(prefix)
-        if not weights:
-            continue
-        model = build_model(mcfg)
-        model.load_state_dict(weights)
-        model.to(dev)
-        ev = evaluate_model(model, bundle.eval, batch_size, env, dev, amp, False, num_workers, show)
-        out.update({("ema_" if prefix == "ema." else "") + f"eval_{k}": v for k, v in ev.items()})
+    models = {"": model, **({"ema_": run.load_model("ema", dev)} if manifest["has_ema"] else {})}
+    for prefix, m in models.items():
+        ev = evaluate_model(m, bundle.eval, batch_size, env, dev, amp, False, num_workers, show)
+        out.update({f"{prefix}eval_{k}": v for k, v in ev.items()})
     return out
 
 
@@ -194,19 +166,20 @@ def evaluate_model(model: nn.Module, ds: Dataset, batch_size: int, env: DistEnv,
 def _run(cfg: TrainConfig, env: DistEnv) -> RunRecord:
     device = resolve_device(cfg.device, env)
     cfg.check_runtime(device.type, env.world_size)
-    run_dir = cfg.resolved_run_dir()
-    ckpt = _check_run_dir(run_dir, cfg)  # every rank checks; nothing is written before all agree
+    run = RunDir(cfg.resolved_run_dir())
+    run_dir = run.root
+    ckpt = _check_run_dir(run, cfg)  # every rank checks; nothing is written before all agree
     set_deterministic(cfg.deterministic)
     seed_everything(cfg.seed + env.rank)
     bundle = build_data(cfg.data)
     model = create_model(cfg.model, **cfg.model_overrides(bundle.num_classes))
     mcfg = model.config.to_dict()
     mhash = model_hash(cfg.model, mcfg)
-    if ckpt is not None and ckpt.manifest.get("config_hash") != mhash:
+    if ckpt is not None and ckpt.manifest.get("model_config_hash") != mhash:
         raise CheckpointError(f"the checkpoint in {run_dir} is for model {ckpt.manifest.get('model')!r} with "
-                              f"config hash {ckpt.manifest.get('config_hash')}, but this run builds {cfg.model!r} "
-                              f"with hash {mhash}: resume with the same model and model_args, or use another "
-                              "run_dir")
+                              f"model config hash {ckpt.manifest.get('model_config_hash')}, but this run builds "
+                              f"{cfg.model!r} with hash {mhash}: resume with the same model and model_args, or use "
+                              "another run_dir")
     micro = cfg.batch_size // (env.world_size * cfg.accum_steps)
     steps = len(_train_loader(cfg, bundle.train, micro, env, 0)) // cfg.accum_steps
     if steps == 0:
@@ -214,29 +187,34 @@ def _run(cfg: TrainConfig, env: DistEnv) -> RunRecord:
                           f"({len(bundle.train)} images) allows for one step")  # type: ignore[arg-type]
     barrier(env)
     if env.is_main:
-        _prepare_run_dir(run_dir, cfg, fresh=ckpt is None)
+        _prepare_run_dir(run, cfg, fresh=ckpt is None)
     barrier(env)
 
     parts = _build_parts(cfg, env, device, model, bundle.num_classes, steps)
     pos = Position()
     saved_rng = None
-    metrics = MetricsLog(run_dir, env.is_main, cfg.tensorboard)
+    metrics = MetricsLog(run.metrics_path, env.is_main, run.tensorboard_dir if cfg.tensorboard else None)
+    step_log = JsonlLog(run.steps_path, env.is_main)
     history: list[dict[str, Any]] = []
     if ckpt is not None:
         pos, saved_rng = _restore(ckpt, parts, env)
-        history = metrics.truncate(pos.epoch) if env.is_main else []
+        if env.is_main:  # drop what was logged after the checkpoint: the resumed run logs it again
+            history = metrics.truncate(lambda r: r["epoch"] < pos.epoch)
+            step_log.truncate(lambda r: r["global_step"] <= pos.global_step)
         log.info("resuming %s at epoch %d, step %d of the epoch (global step %d)", run_dir, pos.epoch, pos.pos,
                  pos.global_step)
     record = RunRecord("completed", str(run_dir), cfg.model, sum(p.numel() for p in model.parameters()),
                        cfg.epochs, world_size=env.world_size, device=str(device), data=bundle.describe(),
-                       config=cfg.to_dict())
-    meta = {"model": cfg.model, "model_config": mcfg, "config_hash": mhash, "train_config_hash": cfg.hash(),
-            "data": cfg.data.to_dict(), "world_size": env.world_size, "has_ema": parts.ema is not None}
+                       config=cfg.to_dict(), model_config=mcfg, model_config_hash=mhash,
+                       train_config_hash=cfg.hash())
+    meta = {"model": cfg.model, "model_config": mcfg, "model_config_hash": mhash,
+            "train_config_hash": record.train_config_hash, "data": cfg.data.to_dict(),
+            "world_size": env.world_size, "has_ema": parts.ema is not None}
 
     def save() -> None:
         rngs = gather_to_all(rng_state(device), env)
         if env.is_main:
-            save_checkpoint(run_dir / "checkpoints", _weights(parts), _state(parts, pos, rngs, env),
+            save_checkpoint(run.checkpoint_dir, _weights(parts), _state(parts, pos, rngs, env),
                             {**meta, "epoch": pos.epoch, "pos": pos.pos, "global_step": pos.global_step})
         barrier(env)
 
@@ -246,7 +224,8 @@ def _run(cfg: TrainConfig, env: DistEnv) -> RunRecord:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             t0, seen0 = time.perf_counter(), pos.seen
-            lr = _train_epoch(cfg, parts, env, device, bundle.train, micro, steps, pos, saved_rng, save, show)
+            lr = _train_epoch(cfg, parts, env, device, bundle.train, micro, steps, pos, saved_rng, save, show,
+                              step_log)
             saved_rng = None
             if lr is None or not _finite_params(parts.model):
                 record.status = "diverged"
@@ -277,15 +256,17 @@ def _run(cfg: TrainConfig, env: DistEnv) -> RunRecord:
         record.final = history[-1] if history else {}
         record.epoch_times = [r["epoch_s"] for r in history]
         if env.is_main:
-            atomic_write_json(run_dir / "record.json", record.to_dict())
+            atomic_write_json(run.record_path, record.to_dict())
         metrics.close()
     return record
 
 
 def _train_epoch(cfg: TrainConfig, parts: Parts, env: DistEnv, device: torch.device, ds: Dataset, micro: int,
                  steps: int, pos: Position, saved_rng: list[dict[str, Any]] | None, save: Callable[[], None],
-                 show: bool) -> float | None:
-    """Run the rest of epoch ``pos.epoch``; return the last step's lr, or None when the loss became non-finite."""
+                 show: bool, step_log: JsonlLog) -> float | None:
+    """Run the rest of epoch ``pos.epoch``; return the last step's lr, or None when the loss became non-finite.
+    Every ``log_every_steps`` optimiser steps a row goes to ``step_log`` (the non-finite step gets none: the
+    log ends with the last finite losses, the record names the step that diverged)."""
     it = iter(_train_loader(cfg, ds, micro, env, pos.epoch))
     for _ in range(pos.pos * cfg.accum_steps):  # replay the batches a resumed epoch has already used
         next(it)
@@ -310,6 +291,10 @@ def _train_epoch(cfg: TrainConfig, parts: Parts, env: DistEnv, device: torch.dev
                 parts.sched.step_update(num_updates=pos.global_step)
             if parts.ema is not None:
                 parts.ema.update(parts.model, step=pos.global_step)
+            if cfg.log_every_steps and pos.global_step % cfg.log_every_steps == 0:
+                # every step consumes exactly batch_size images (drop_last; batch_size divides evenly)
+                step_log.append({"epoch": pos.epoch, "step": pos.pos, "global_step": pos.global_step, "loss": loss,
+                                 "lr": lr, "images_seen": pos.global_step * cfg.batch_size})
             bar.update()
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
             if cfg.ckpt_every_steps and pos.global_step % cfg.ckpt_every_steps == 0 and pos.pos < steps:
@@ -357,33 +342,32 @@ def _eval_all(cfg: TrainConfig, parts: Parts, ds: Dataset, env: DistEnv, device:
 
 
 # ---- setup helpers -------------------------------------------------------------------------------
-def _check_run_dir(run_dir: Path, cfg: TrainConfig) -> Checkpoint | None:
+def _check_run_dir(run: RunDir, cfg: TrainConfig) -> Checkpoint | None:
     """Refuse a fresh start over an existing run (unless overwrite); on resume, read and verify the checkpoint."""
-    has_run = any((run_dir / name).exists() for name in RUN_FILES)
     if cfg.resume:
-        if (run_dir / "checkpoints" / MANIFEST).is_file():
-            return load_checkpoint(run_dir)
-        if has_run:
-            raise CheckpointError(f"resume=True is invalid: {run_dir} holds a run but no checkpoint "
-                                  f"(checkpoints/{MANIFEST}) to resume from; start over with overwrite=True")
+        if run.has_checkpoint():
+            return run.checkpoint(with_state=True)
+        if run.holds_run():
+            raise CheckpointError(f"resume=True is invalid: {run.root} holds a run but no checkpoint "
+                                  f"({run.manifest_path}) to resume from; start over with overwrite=True")
         return None
-    if has_run and not cfg.overwrite:
-        raise ConfigError(f"run_dir={str(run_dir)!r} already holds a run: pass resume=True (--resume) to continue "
+    if run.holds_run() and not cfg.overwrite:
+        raise ConfigError(f"run_dir={str(run.root)!r} already holds a run: pass resume=True (--resume) to continue "
                           "it, overwrite=True (--overwrite) to replace it, or choose another run_dir")
     return None
 
 
-def _prepare_run_dir(run_dir: Path, cfg: TrainConfig, fresh: bool) -> None:
+def _prepare_run_dir(run: RunDir, cfg: TrainConfig, fresh: bool) -> None:
     if fresh and cfg.overwrite:
         for name in RUN_FILES:
-            p = run_dir / name
+            p = run.root / name
             if p.is_dir():
                 shutil.rmtree(p)
             elif p.exists():
                 p.unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run.root.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-    atomic_write(run_dir / "config.yaml", lambda f: f.write(text.encode()))
+    atomic_write(run.config_path, lambda f: f.write(text.encode()))
 
 
 def _build_parts(cfg: TrainConfig, env: DistEnv, device: torch.device, model: nn.Module, num_classes: int,
@@ -401,8 +385,8 @@ def _build_parts(cfg: TrainConfig, env: DistEnv, device: torch.device, model: nn
         opt_kwargs["eps"] = cfg.opt_eps
     if cfg.opt_betas is not None:
         opt_kwargs["betas"] = tuple(cfg.opt_betas)
-    # timm's param groups: no weight decay on 1-D params (norms, biases) and model.no_weight_decay() tables.
-    opt = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+    groups = param_groups_weight_decay(model, cfg.weight_decay, no_weight_decay_list=no_decay_names(model, cfg))
+    opt = create_optimizer_v2(groups, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
                               **opt_kwargs)
     sched, _ = create_scheduler_v2(opt, sched=cfg.sched, num_epochs=cfg.epochs, decay_epochs=cfg.decay_epochs,
                                    decay_milestones=cfg.decay_milestones, decay_rate=cfg.decay_rate,
@@ -424,6 +408,15 @@ def _build_parts(cfg: TrainConfig, env: DistEnv, device: torch.device, model: nn
     # After DDP has broadcast rank 0's weights, so that every rank's EMA starts from the same model.
     ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=cfg.ema_warmup) if cfg.ema else None
     return Parts(model, forward, ddp, opt, sched, scaler, ema, mixup, loss_fn)
+
+
+def no_decay_names(model: nn.Module, cfg: TrainConfig) -> set[str]:
+    """Parameters kept out of weight decay besides the 1-D ones (which timm's groups always exclude): the
+    model's ``no_weight_decay()`` tables, less the position tables when ``cfg.decay_tables`` (STM-Evaluation)."""
+    names = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    if cfg.decay_tables:
+        names = {n for n in names if not any(fnmatch.fnmatch(n, p) for p in POSITION_TABLES)}
+    return names
 
 
 def _restore(ckpt: Checkpoint, parts: Parts, env: DistEnv) -> tuple[Position, list[dict[str, Any]] | None]:

@@ -1,7 +1,10 @@
-"""Per-epoch metrics: top-k counts, peak memory, ``metrics.jsonl`` (one JSON object per epoch) and optional
-TensorBoard scalars. Only rank 0 writes. Each line is appended, flushed and fsync'd; on resume the lines of
-epochs that the checkpoint has not completed are dropped (a crash between the metrics line and the checkpoint
-would otherwise leave a duplicate)."""
+"""Metrics: top-k counts, peak memory and the run's JSON-lines logs, ``metrics.jsonl`` (one object per epoch,
+with optional TensorBoard scalars) and ``steps.jsonl`` (one object every ``log_every_steps`` optimiser steps).
+
+Only rank 0 writes. Each line is appended, flushed and fsync'd; on resume the lines the checkpoint does not
+cover (epochs it has not completed, steps after its global step) are dropped, since a crash between a log line
+and the next checkpoint would otherwise leave duplicates. File names come from ``rundir.py``; readers use
+:class:`~mixerlab.train.RunDir`."""
 
 from __future__ import annotations
 
@@ -9,12 +12,14 @@ import json
 import os
 import resource
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .checkpoint import atomic_write
+from .rundir import read_jsonl
 
 # Keys whose values depend on the machine's speed, not on the computation (left out of exactness checks).
 TIMING_KEYS = ("epoch_s", "images_per_s", "peak_mem_mb")
@@ -36,24 +41,17 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
-class MetricsLog:
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool) -> None:
-        self.path = run_dir / "metrics.jsonl"
+class JsonlLog:
+    """An append-only JSON-lines file, durable line by line; ``enabled`` False (ranks > 0) makes it a no-op."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path = path
         self.enabled = enabled
-        self.writer = None
-        if enabled and tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(str(run_dir / "tb"))
 
-    def read(self) -> list[dict[str, Any]]:
-        if not self.path.is_file():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-
-    def truncate(self, before_epoch: int) -> list[dict[str, Any]]:
-        """Keep the lines of epochs < ``before_epoch`` (rewritten atomically); return them."""
-        rows = [r for r in self.read() if r["epoch"] < before_epoch]
-        if self.enabled:
+    def truncate(self, keep: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        """Keep the rows for which ``keep`` is true (rewritten atomically); return them."""
+        rows = [r for r in read_jsonl(self.path) if keep(r)]
+        if self.enabled and self.path.is_file():
             text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
             atomic_write(self.path, lambda f: f.write(text.encode()))
         return rows
@@ -65,6 +63,20 @@ class MetricsLog:
             f.write(json.dumps(row, sort_keys=True) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+
+class MetricsLog(JsonlLog):
+    """``metrics.jsonl``, mirrored to TensorBoard scalars (x axis: the epoch) when ``tensorboard_dir`` is given."""
+
+    def __init__(self, path: Path, enabled: bool, tensorboard_dir: Path | None) -> None:
+        super().__init__(path, enabled)
+        self.writer = None
+        if enabled and tensorboard_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(str(tensorboard_dir))
+
+    def append(self, row: dict[str, Any]) -> None:
+        super().append(row)
         if self.writer is not None:
             for k, v in row.items():
                 if isinstance(v, (int, float)) and k != "epoch":

@@ -11,11 +11,13 @@ SIZES = {"tiny": ([2, 2, 6, 2], 96, [3, 6, 12, 24], 0.2), "base": ([2, 2, 18, 2]
 
 def swin_like(depths: list[int], width: int, heads: list[int], drop_path: float, mixer: MixerConfig,
               norm1: str = "ln", norm2: str = "ln") -> ModelConfig:
-    """Swin's macro-architecture: 4x4 patch embedding + LN, PatchMerging, final LN, avg pool."""
+    """Swin's macro-architecture: 4x4 patch embedding + LN, PatchMerging, final LN, avg pool; Swin's
+    init (trunc-normal .02 linears, PyTorch-default convs), which DWNet's code keeps."""
     return ModelConfig(arch="hierarchical", stem=StemConfig("patch_norm", patch_size=4), mixer=mixer,
                        depths=list(depths), dims=[width * 2**i for i in range(len(depths))], heads=list(heads),
                        mlp_ratio=4.0, drop_path=drop_path, layer_scale=None, norm1=norm1, norm2=norm2,
-                       norm_eps=1e-5, downsample="patch_merging", stage_norm=False, head="norm_pool")
+                       norm_eps=1e-5, downsample="patch_merging", stage_norm=False, head="norm_pool",
+                       init="trunc_normal_linear")
 
 
 # DWNet variants: the depth-wise conv of the block is static, homogeneous dynamic (per-sample kernels)

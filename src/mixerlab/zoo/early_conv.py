@@ -1,6 +1,7 @@
 """Isotropic ViTs of Xiao et al., 2021 ("Early Convolutions Help Transformers See Better"),
 as configured in pycls (SPEC section 4): ViT_P with a 16x16 patchify stem, ViT_C with a
-convolutional stem and one block fewer."""
+convolutional stem and one block fewer; initialised as pycls's ``init_weights_vit``
+(``init='pycls_vit'``, see :mod:`mixerlab.init`), on which their stability study depends."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ CONV_STEMS = {
 def vit(width: int, mlp_dim: int, heads: int, blocks: int, stem: StemConfig) -> ModelConfig:
     return ModelConfig(arch="isotropic", stem=stem, mixer=MixerConfig("attention"), depths=[blocks],
                        dims=[width], heads=[heads], mlp_ratio=mlp_dim / width, drop_path=0.0, layer_scale=None,
-                       norm_eps=1e-6, class_token=True, pos_embed=True, head="token")
+                       norm_eps=1e-6, class_token=True, pos_embed=True, head="token", init="pycls_vit")
 
 
 def configs() -> dict[str, ModelConfig]:

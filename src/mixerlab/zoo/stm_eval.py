@@ -1,9 +1,10 @@
 """STM-Evaluation's unified models (Wang et al., 2022; SPEC section 3): one macro-architecture,
 one engineering recipe, different spatial token mixers.
 
-Parameter counts of u_swin / u_halo / u_pvt equal those of STM-Evaluation's own factories. One
-simplification: their Halo and PVT blocks use LayerNorm eps 1e-5 inside blocks, ours 1e-6 everywhere
-(as their Swin and ConvNeXt blocks), which changes no count and no published number."""
+Parameter counts of u_swin / u_halo / u_pvt equal those of STM-Evaluation's own factories. Block
+LayerNorm eps is 1e-6 as in their Swin and ConvNeXt blocks, and 1e-5 in the DCNv3 model as in theirs.
+One simplification: their Halo and PVT blocks also use 1e-5, ours 1e-6, which changes no count and no
+published number."""
 
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ PVT = {
     "base": ([3, 8, 45, 3], [64, 128, 320, 512], [1, 2, 5, 8], 0.5),
 }
 PVT_MLP = {"micro": [8, 8, 4, 4], "tiny": [8, 8, 4, 4], "small": [8, 8, 4, 4], "base": [4, 4, 4, 4]}
+# PVT's spatial-reduction ratios, one per stage (given as one sra mixer config per stage).
+PVT_SR = (8, 4, 2, 1)
 
 # Mixers without a published table of their own get U-Swin's budget (a same-budget row each).
 SAME_BUDGET = {
@@ -53,12 +56,14 @@ SAME_BUDGET = {
 
 
 def unified(scale_table: dict[str, tuple[list[int], list[int], list[int], float]], scale: str,
-            mixer: MixerConfig, mlp_ratio: float | list[float] = 4.0) -> ModelConfig:
-    """The MetaArch: unified stem, Conv3x3-s2 downsampling, LN after every stage, conv-BN head."""
+            mixer: MixerConfig | list[MixerConfig], mlp_ratio: float | list[float] = 4.0,
+            norm_eps: float = 1e-6) -> ModelConfig:
+    """The MetaArch: unified stem, Conv3x3-s2 downsampling, LN after every stage, conv-BN head;
+    trunc-normal (.02) init of every conv and linear (STM-Evaluation's ``_init_weights``)."""
     depths, dims, heads, dp = scale_table[scale]
     return ModelConfig(arch="hierarchical", stem=StemConfig("unified", patch_size=4), mixer=mixer,
                        depths=list(depths), dims=list(dims), heads=list(heads), mlp_ratio=mlp_ratio,
-                       drop_path=dp, layer_scale=1e-6, norm1="ln", norm2="ln", norm_eps=1e-6,
+                       drop_path=dp, layer_scale=1e-6, norm1="ln", norm2="ln", norm_eps=norm_eps,
                        downsample="conv3x3", stage_norm=True, head="conv_bn", head_ratio=1.5)
 
 
@@ -67,9 +72,12 @@ def configs() -> dict[str, ModelConfig]:
     for s in SCALES:
         out[f"u_swin_{s}"] = unified(SWIN, s, MixerConfig("window", {"window_size": 7}))
         out[f"u_convnext_{s}"] = unified(CONVNEXT, s, MixerConfig("dwconv", {"kernel_size": 7}))
-        out[f"u_dcn_{s}"] = unified(DCN, s, MixerConfig("dcn", {"kernel_size": 3, "dw_kernel_size": 3}))
+        # STM-Eval's DCNv3 blocks use LayerNorm eps 1e-5 (its other blocks 1e-6).
+        out[f"u_dcn_{s}"] = unified(DCN, s, MixerConfig("dcn", {"kernel_size": 3, "dw_kernel_size": 3}),
+                                    norm_eps=1e-5)
         out[f"u_halo_{s}"] = unified(SWIN, s, MixerConfig("halo", {"block_size": 7, "halo_size": 3}))
-        out[f"u_pvt_{s}"] = unified(PVT, s, MixerConfig("sra", {"sr_ratios": [8, 4, 2, 1]}), mlp_ratio=PVT_MLP[s])
+        out[f"u_pvt_{s}"] = unified(PVT, s, [MixerConfig("sra", {"sr_ratio": r}) for r in PVT_SR],
+                                    mlp_ratio=PVT_MLP[s])
         for short, mixer in SAME_BUDGET.items():
             out[f"u_{short}_{s}"] = unified(SWIN, s, mixer)
     return out
