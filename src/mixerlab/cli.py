@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     for cmd in SUBCOMMANDS.values():
         sub = subparsers.add_parser(cmd.name, help=cmd.help, description=cmd.help)
         cmd.configure(sub)
-        sub.set_defaults(run=cmd.run)
+        sub.set_defaults(handler=cmd.run)  # not "run": analyses take a --run option
     return parser
 
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        status = args.run(args)
+        status = args.handler(args)
     except ConfigError as e:
         print(f"mixerlab {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -134,6 +134,15 @@ from . import demo  # noqa: E402
 
 add_subcommand("demo", "train two models briefly on Fashion-MNIST and compare them (what `make demo` runs)",
                demo.configure, demo.run)
+
+from .analysis import cli as analysis_cli  # noqa: E402
+
+add_subcommand("analyze", "run an analysis (mixerlab analyze ANALYSIS --help)", analysis_cli.configure,
+               analysis_cli.run)
+
+from .analysis import bench  # noqa: E402
+
+add_subcommand("bench", bench.BENCH_HELP, bench.configure, bench.run)
 
 
 if __name__ == "__main__":

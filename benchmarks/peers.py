@@ -1,0 +1,50 @@
+"""mixerlab's rebuilds of timm models against the timm models themselves: throughput ratio per mode.
+
+    python benchmarks/peers.py [--batch-size 8 --img-size 224 --threads 2 --warmup 2 --reps 5] [--compile]
+                               [--only swin_tiny_ml ...] [--csv benchmarks/results.csv]
+
+For each pair of ``mixerlab.zoo.peers.TIMM_PEERS`` this is ``mixerlab bench MODEL --peer TIMM``: both models
+in one process, the same random batch, the same settings, repetitions alternating, and the ratio is the
+median of the paired throughput ratios mixerlab / timm (> 1: mixerlab faster). Rows are appended to the CSV;
+a Markdown table of the ratios (with the absolute medians of the same run for scale) is printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from mixerlab.analysis.bench import DEFAULT_CSV, append_csv, benchmark
+from mixerlab.zoo.peers import TIMM_PEERS
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--only", nargs="*", choices=sorted(TIMM_PEERS), help="subset of the mixerlab models")
+    p.add_argument("--csv", default=str(DEFAULT_CSV))
+    a = p.parse_args()
+    lines = ["| mixerlab | timm | mode | compile | mixerlab / timm throughput (q1-q3) | ms/step mixerlab / timm | "
+             "load (1 min) |", "|---|---|---|---|---|---|---|"]
+    for model, peer in TIMM_PEERS.items():
+        if a.only and model not in a.only:
+            continue
+        rec = benchmark(model, peer=peer, batch_size=a.batch_size, img_size=a.img_size, compile=a.compile,
+                        warmup=a.warmup, reps=a.reps, threads=a.threads)
+        append_csv(rec, a.csv)
+        for mode, r in rec.results.items():
+            q = r["ratio"]
+            lines.append(f"| {model} | {peer} | {mode} | {a.compile} | {q['median']:.3f} ({q['q1']:.3f}-{q['q3']:.3f}) "
+                         f"| {r['mixerlab']['ms_per_step']['median']:.0f} / {r['peer']['ms_per_step']['median']:.0f} "
+                         f"| {rec.machine['load_1m']} -> {os.getloadavg()[0]:.2f} |")
+            print(lines[-1], flush=True)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,465 @@
+"""Throughput and memory of a model, alone or against a timm peer in the same process (SPEC 8.2).
+
+Conventions of timm's ``benchmark.py``: random input ``(B, C, S, S)``, warm-up steps, then timed steps,
+synchronised on CUDA. Two modes:
+
+* ``infer``: ``model(x)`` under ``torch.inference_mode()`` in eval mode;
+* ``train``: train mode, ``loss = cross_entropy(model(x), y)`` for random labels, ``loss.backward()``,
+  ``AdamW.step()``, ``zero_grad(set_to_none=True)`` (fp16: through a GradScaler).
+
+``precision`` fp32, bf16 (autocast) or fp16 (autocast, CUDA only); ``channels_last`` converts model and input;
+``compile`` wraps the model in ``torch.compile`` (compilation happens in the warm-up steps, whose first
+step's time is reported apart). Each repetition times one step; a model's result is the median step time
+with its quartiles and range.
+
+With a ``peer`` (a timm model name) both models are built with the same input size, channels, classes and
+drop-path rate and measured in the same process, repetitions alternating (mixerlab, timm, mixerlab, ...), so
+that both see the same machine load; ``ratio`` is the median over repetitions of the paired throughput ratio
+mixerlab / timm (> 1: mixerlab is faster). That ratio is the figure to quote, not two absolute times.
+
+Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` during a model's warm-up steps above what was
+allocated before them; on CPU, the process's peak resident set size during the warm-up steps above the
+resident size before them (Linux: the peak is reset through ``/proc/self/clear_refs`` and read from
+``VmHWM``; elsewhere ``ru_maxrss``, which only ever grows, so a second model reads low). Both exclude the
+weights (already resident) and include activations, gradients and, in the first train step, the optimiser
+state. The CPU figure is approximate: the allocator may keep freed memory resident and reuse it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import csv
+import ctypes
+import gc
+import io
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import __version__
+from ..errors import ConfigError, check_choice, check_int
+from ..zoo import MODEL_CONFIGS
+from .base import ModelSource, Record, resolve_model
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+MODES = ("infer", "train")
+DEFAULT_CSV = Path("benchmarks/results.csv")
+
+
+@dataclass
+class BenchRecord(Record):
+    timestamp: str = ""  # UTC, when the measurement started
+    peer: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    machine: dict[str, Any] = field(default_factory=dict)
+    memory_method: str = ""
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # "mixerlab" / "peer" -> params, name
+    # mode -> {"mixerlab": stats, "peer": stats (with a peer), "ratio": stats of the paired ratio}
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+# ---- machine and memory ------------------------------------------------------------------------------
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """CPU model (/proc/cpuinfo), logical cores, torch threads, the 1-minute load, GPU and library versions."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    info: dict[str, Any] = {
+        "cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+        "load_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
+        "mixerlab": __version__}
+    return info
+
+
+def _status_kb(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def _can_reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        _status_kb("VmHWM")
+        return True
+    except (OSError, KeyError):
+        return False
+
+
+class MemoryMeter:
+    """Peak memory of a code region above the memory in use when it starts (see the module docstring)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        if device.type == "cuda":
+            self.method = "cuda max_memory_allocated above the allocation before the warm-up steps"
+        elif _can_reset_peak_rss():
+            self.method = "process peak RSS (VmHWM, reset via /proc/self/clear_refs) above the RSS before the warm-up"
+        else:
+            self.method = "process ru_maxrss growth during the warm-up (lower bound)"
+        self._base = 0
+
+    def start(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+            return
+        with contextlib.suppress(OSError, AttributeError):  # glibc only: hand freed heap back to the OS
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        if self.method.startswith("process peak RSS"):
+            Path("/proc/self/clear_refs").write_text("5")
+            self._base = _status_kb("VmRSS") * 1024
+        else:
+            self._base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def peak_mb(self) -> float:
+        if self.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(self.device)
+        elif self.method.startswith("process peak RSS"):
+            peak = _status_kb("VmHWM") * 1024
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return max(peak - self._base, 0) / 2**20
+
+
+# ---- steps -------------------------------------------------------------------------------------------
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def make_step(model: nn.Module, mode: str, x: torch.Tensor, y: torch.Tensor, precision: str) -> Callable[[], None]:
+    """One inference or training step of ``model`` on the fixed batch ``(x, y)``, synchronised."""
+    device = x.device
+    if mode == "infer":
+        model.eval()
+
+        def infer() -> None:
+            with torch.inference_mode(), _autocast(device, precision):
+                model(x)
+            _sync(device)
+
+        return infer
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+    def train() -> None:
+        with _autocast(device, precision):
+            loss = F.cross_entropy(model(x).float(), y)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+        _sync(device)
+
+    return train
+
+
+def _timed(step: Callable[[], None]) -> float:
+    t = time.perf_counter()
+    step()
+    return (time.perf_counter() - t) * 1000.0
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    """Median, quartiles and range of ``values``."""
+    v = sorted(values)
+    q = statistics.quantiles(v, n=4, method="inclusive") if len(v) > 1 else [v[0]] * 3
+    return {"median": statistics.median(v), "q1": q[0], "q3": q[2], "min": v[0], "max": v[-1]}
+
+
+# ---- the benchmark -----------------------------------------------------------------------------------
+
+def _check(batch_size: int, img_size: int, in_chans: int, num_classes: int, precision: str, device: str,
+           warmup: int, reps: int, modes: Sequence[str], threads: int | None) -> torch.device:
+    for name, value, minimum in (("batch_size", batch_size, 1), ("img_size", img_size, 1), ("in_chans", in_chans, 1),
+                                 ("num_classes", num_classes, 1), ("warmup", warmup, 1), ("reps", reps, 1)):
+        check_int(name, value, minimum)
+    if threads is not None:
+        check_int("threads", threads)
+    check_choice("precision", precision, PRECISIONS)
+    if not modes or any(m not in MODES for m in modes) or len(set(modes)) != len(modes):
+        raise ConfigError(f"modes={list(modes)!r} is invalid: distinct values of {list(MODES)}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"device={device!r} is invalid: 'cpu', 'cuda' or 'cuda:N'") from e
+    check_choice("device type", dev.type, ("cpu", "cuda"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={device!r} is invalid: CUDA is not available here; use 'cpu'")
+    if precision == "fp16" and dev.type != "cuda":
+        raise ConfigError(f"precision='fp16' is invalid on device={device!r}: fp16 autocast is measured on CUDA "
+                          "only; allowed on CPU: ['bf16', 'fp32']")
+    return dev
+
+
+def build_peer(name: str, *, img_size: int, in_chans: int, num_classes: int, drop_path: float) -> nn.Module:
+    """The timm model ``name``, untrained, at mixerlab's settings: ``img_size`` only for models with a fixed
+    input size (timm's pretrained cfg says which; the others take any size), the same drop-path rate."""
+    kwargs: dict[str, Any] = {"in_chans": in_chans, "num_classes": num_classes, "drop_path_rate": drop_path}
+    if timm.models.get_pretrained_cfg(name).fixed_input_size:
+        kwargs["img_size"] = img_size
+    try:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    except TypeError as e:
+        raise ConfigError(f"peer={name!r} is invalid here: timm's model does not take {sorted(kwargs)} ({e})") from e
+
+
+def benchmark(model_or_name: ModelSource, *, peer: str | None = None, batch_size: int = 8,
+              img_size: int | None = None, in_chans: int | None = None, num_classes: int | None = None,
+              precision: str = "fp32", channels_last: bool = False,
+              compile: bool = False, device: str = "cpu", warmup: int = 3, reps: int = 10,
+              modes: Sequence[str] = MODES, threads: int | None = None) -> BenchRecord:
+    """Images/s, ms/step and peak memory of a model (a MixerNet, a registered name: built untrained at
+    ``img_size`` / ``in_chans`` / ``num_classes``, or a run directory) in each of ``modes``, optionally against
+    the timm model ``peer``; see the module docstring for the protocol. ``img_size`` / ``in_chans`` /
+    ``num_classes`` default to 224 / 3 / 1000 for a name and to the model's own for a run or a module.
+    ``threads`` sets torch's intra-op threads for the measurement (restored afterwards). Nothing is printed
+    or written."""
+    named = isinstance(model_or_name, str) and model_or_name in MODEL_CONFIGS
+    if named:  # None is "the default"; a given 0 is an error below, not a default
+        img_size = 224 if img_size is None else img_size
+        in_chans = 3 if in_chans is None else in_chans
+        num_classes = 1000 if num_classes is None else num_classes
+    dev = _check(batch_size, 1 if img_size is None else img_size, 1 if in_chans is None else in_chans,
+                 1 if num_classes is None else num_classes, precision, device, warmup, reps, modes, threads)
+    if peer is not None and not timm.is_model(peer):
+        raise ConfigError(f"peer={peer!r} is invalid: a timm model name (timm.list_models())")
+    if named:
+        net, source = resolve_model(model_or_name, device=dev, img_size=img_size, in_chans=in_chans,
+                                    num_classes=num_classes)
+    else:
+        net, source = resolve_model(model_or_name, device=dev)
+        if source["kind"] == "module":  # the train steps update weights: work on a copy of the caller's model
+            net = copy.deepcopy(net).to(dev)
+        own = getattr(net, "pretrained_cfg", {}).get("input_size", (3, 224, 224))
+        img_size = own[-1] if img_size is None else img_size
+        in_chans = own[0] if in_chans is None else in_chans
+        num_classes = max(getattr(net, "num_classes", 1000), 1) if num_classes is None else num_classes
+    if getattr(net, "in_chans", in_chans) != in_chans:
+        raise ConfigError(f"in_chans={in_chans} is invalid for this model: it takes in_chans={net.in_chans}")
+
+    old_threads, old_cudnn = torch.get_num_threads(), torch.backends.cudnn.benchmark
+    if threads is not None:
+        torch.set_num_threads(threads)
+    torch.backends.cudnn.benchmark = True  # as timm's benchmark.py: cuDNN picks its fastest kernels in warm-up
+    try:
+        return _measure(net, source, peer, dev, batch_size=batch_size, img_size=img_size, in_chans=in_chans,
+                        num_classes=num_classes, precision=precision, channels_last=channels_last, compile=compile,
+                        warmup=warmup, reps=reps, modes=list(modes))
+    finally:
+        torch.set_num_threads(old_threads)
+        torch.backends.cudnn.benchmark = old_cudnn
+
+
+def _measure(net: nn.Module, source: dict[str, Any], peer: str | None, dev: torch.device, *, batch_size: int,
+             img_size: int, in_chans: int, num_classes: int, precision: str, channels_last: bool, compile: bool,
+             warmup: int, reps: int, modes: list[str]) -> BenchRecord:
+    cfg = getattr(net, "config", None)
+    drop_path = float(cfg.drop_path) if cfg is not None else 0.0
+    nets = {"mixerlab": net}
+    if peer is not None:
+        nets["peer"] = build_peer(peer, img_size=img_size, in_chans=in_chans, num_classes=num_classes,
+                                  drop_path=drop_path).to(dev)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    runnable = {}
+    for key, m in nets.items():
+        m.to(memory_format=fmt)
+        runnable[key] = torch.compile(m) if compile else m
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, in_chans, img_size, img_size, generator=g).to(dev, memory_format=fmt)
+    y = torch.randint(0, num_classes, (batch_size,), generator=g).to(dev)
+    meter = MemoryMeter(dev)
+    settings = {"batch_size": batch_size, "img_size": img_size, "in_chans": in_chans, "num_classes": num_classes,
+                "precision": precision, "channels_last": channels_last, "compile": compile, "device": str(dev),
+                "warmup": warmup, "reps": reps, "modes": modes, "drop_path": drop_path,
+                "optimizer": "AdamW(lr=1e-4)"}
+    record = BenchRecord(source=source, timestamp=datetime.now(UTC).isoformat(timespec="seconds"), peer=peer,
+                         settings=settings, machine=machine_info(dev),
+                         memory_method=meter.method,
+                         models={k: {"name": source.get("model") if k == "mixerlab" else peer,
+                                     "params_m": sum(p.numel() for p in m.parameters()) / 1e6}
+                                 for k, m in nets.items()})
+    for mode in modes:
+        steps = {k: make_step(m, mode, x, y, precision) for k, m in runnable.items()}
+        first, memory = {}, {}
+        for k, step in steps.items():  # warm-up (compilation included) and memory, one model at a time
+            meter.start()
+            first[k] = _timed(step)
+            for _ in range(warmup - 1):
+                step()
+            memory[k] = meter.peak_mb()
+        times: dict[str, list[float]] = {k: [] for k in steps}
+        for _ in range(reps):  # alternating: each repetition times every model once, in turn
+            for k, step in steps.items():
+                times[k].append(_timed(step))
+        out: dict[str, Any] = {}
+        for k, ts in times.items():
+            ms = summary(ts)
+            out[k] = {"ms_per_step": ms, "images_per_s": 1000.0 * batch_size / ms["median"],
+                      "first_step_ms": first[k], "peak_memory_mb": memory[k], "times_ms": ts}
+        if peer is not None:  # paired: rep i of mixerlab against rep i of timm
+            out["ratio"] = summary([p / m for m, p in zip(times["mixerlab"], times["peer"], strict=True)])
+        record.results[mode] = out
+    return record
+
+
+# ---- CSV ---------------------------------------------------------------------------------------------
+
+CSV_COLUMNS = (
+    "timestamp", "model", "peer", "mode", "batch_size", "img_size", "in_chans", "num_classes", "precision",
+    "channels_last", "compile", "device", "warmup", "reps", "drop_path",
+    "images_per_s", "ms_median", "ms_q1", "ms_q3", "ms_min", "ms_max", "first_step_ms", "peak_memory_mb",
+    "peer_images_per_s", "peer_ms_median", "peer_ms_q1", "peer_ms_q3", "peer_first_step_ms", "peer_peak_memory_mb",
+    "ratio_median", "ratio_q1", "ratio_q3", "ratio_min", "ratio_max",
+    "params_m", "peer_params_m", "memory_method", "cpu", "cores", "threads", "load_1m", "gpu", "python", "torch",
+    "timm", "mixerlab")
+
+
+def csv_rows(record: BenchRecord) -> list[dict[str, Any]]:
+    """One row per mode: settings, the mixerlab and peer results, the ratio and the machine."""
+    s = record.settings
+    rows = []
+    for mode, res in record.results.items():
+        row: dict[str, Any] = {"timestamp": record.timestamp, "model": record.models["mixerlab"]["name"],
+                               "peer": record.peer or "", "mode": mode,
+                               **{k: s[k] for k in ("batch_size", "img_size", "in_chans", "num_classes", "precision",
+                                                    "channels_last", "compile", "device", "warmup", "reps",
+                                                    "drop_path")}}
+        for prefix, key in (("", "mixerlab"), ("peer_", "peer")):
+            r = res.get(key)
+            row[f"{prefix}images_per_s"] = "" if r is None else round(r["images_per_s"], 3)
+            for q in ("median", "q1", "q3") + (("min", "max") if not prefix else ()):
+                row[f"{prefix}ms_{q}"] = "" if r is None else round(r["ms_per_step"][q], 3)
+            row[f"{prefix}first_step_ms"] = "" if r is None else round(r["first_step_ms"], 1)
+            row[f"{prefix}peak_memory_mb"] = "" if r is None else round(r["peak_memory_mb"], 1)
+            row[f"{prefix}params_m"] = "" if key not in record.models else round(record.models[key]["params_m"], 3)
+        for q in ("median", "q1", "q3", "min", "max"):
+            row[f"ratio_{q}"] = round(res["ratio"][q], 4) if "ratio" in res else ""
+        row["memory_method"] = record.memory_method
+        row.update({k: record.machine[k] for k in ("cpu", "cores", "threads", "load_1m", "gpu", "python", "torch",
+                                                   "timm", "mixerlab")})
+        rows.append(row)
+    return rows
+
+
+def append_csv(record: BenchRecord, path: str | Path = DEFAULT_CSV) -> Path:
+    """Append the record's rows to ``path`` (header on creation) in one write, flushed and fsynced. A file with
+    another header is refused rather than mixed."""
+    path = Path(path)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    if path.exists() and path.stat().st_size > 0:
+        with open(path, newline="") as f:
+            header = f.readline().rstrip("\r\n")
+        if header != ",".join(CSV_COLUMNS):
+            raise ConfigError(f"csv={str(path)!r} is invalid: it holds other columns ({header[:80]}...); "
+                              "give a new file")
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer.writeheader()
+    writer.writerows(csv_rows(record))
+    with open(path, "a", newline="") as f:
+        f.write(buf.getvalue())
+        f.flush()
+        os.fsync(f.fileno())
+    return path
+
+
+# ---- mixerlab bench ----------------------------------------------------------------------------------
+
+BENCH_HELP = "throughput (images/s, ms/step) and peak memory, optionally against a timm peer in the same process"
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="registered model name, or a run directory written by `mixerlab train`")
+    p.add_argument("--peer", default=None, help="timm model measured alongside, alternating repetitions "
+                   "(e.g. swin_tiny_patch4_window7_224 for swin_tiny_ml)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--img-size", type=int, default=None, help="default: 224 for a name, the run's own for a run")
+    p.add_argument("--in-chans", type=int, default=None, help="default: 3 for a name, the run's own for a run")
+    p.add_argument("--num-classes", type=int, default=None, help="default: 1000 for a name, the run's own")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="bf16 / fp16: autocast (fp16 CUDA only)")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile both models")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--warmup", type=int, default=3, help="warm-up steps per model and mode (default 3)")
+    p.add_argument("--reps", type=int, default=10, help="timed steps per model and mode (default 10)")
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--csv", default=str(DEFAULT_CSV), help=f"CSV to append to (default {DEFAULT_CSV}; '' for none)")
+    p.add_argument("--format", default="table", choices=("table", "json"))
+
+
+def run(args: argparse.Namespace) -> int:
+    record = benchmark(args.model, peer=args.peer, batch_size=args.batch_size, img_size=args.img_size,
+                       in_chans=args.in_chans, num_classes=args.num_classes, precision=args.precision,
+                       channels_last=args.channels_last, compile=args.compile, device=args.device,
+                       warmup=args.warmup, reps=args.reps, modes=args.modes, threads=args.threads)
+    if args.csv:
+        append_csv(record, args.csv)
+    if args.format == "json":
+        print(json.dumps(record.to_dict(), indent=2))
+    else:
+        print(table(record))
+    return 0
+
+
+def table(record: BenchRecord) -> str:
+    s, mach = record.settings, record.machine
+    lines = [f"{'mode':<6} {'model':<32} {'ms/step':>9} {'(q1-q3)':>17} {'img/s':>9} {'peak MB':>8}"]
+    lines.append("-" * len(lines[0]))
+    for mode, res in record.results.items():
+        for key in ("mixerlab", "peer"):
+            if key in res:
+                r, ms = res[key], res[key]["ms_per_step"]
+                name = str(record.models[key]["name"])
+                lines.append(f"{mode:<6} {name:<32} {ms['median']:>9.2f} {ms['q1']:>8.2f}-{ms['q3']:<8.2f} "
+                             f"{r['images_per_s']:>9.1f} {r['peak_memory_mb']:>8.1f}")
+        if "ratio" in res:
+            q = res["ratio"]
+            lines.append(f"{mode:<6} throughput mixerlab / timm = {q['median']:.3f}  (q1-q3 {q['q1']:.3f}-"
+                         f"{q['q3']:.3f}, paired reps; > 1: mixerlab faster)")
+    lines.append(f"batch {s['batch_size']}, {s['in_chans']}x{s['img_size']}x{s['img_size']}, {s['precision']}, "
+                 f"channels_last={s['channels_last']}, compile={s['compile']}, {s['device']}, warm-up {s['warmup']}, "
+                 f"{s['reps']} reps; {mach['cpu']} ({mach['cores']} cores, {mach['threads']} threads, "
+                 f"load {mach['load_1m']}); torch {mach['torch']}, timm {mach['timm']}; memory: {record.memory_method}")
+    return "\n".join(lines)
+

@@ -1,0 +1,140 @@
+"""mixerlab bench (SPEC 8.2): record, CSV, paired alternating repetitions against a peer, refusals."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+
+import pytest
+import torch
+from torch import nn
+
+import mixerlab
+from mixerlab import cli
+from mixerlab.analysis import bench
+from mixerlab.analysis.bench import CSV_COLUMNS, BenchRecord, append_csv, benchmark
+from mixerlab.errors import ConfigError
+
+MICRO = {"img_size": 32, "in_chans": 1, "num_classes": 10, "batch_size": 2, "warmup": 1, "reps": 2}
+
+
+@pytest.fixture(scope="module")
+def with_peer() -> BenchRecord:
+    return benchmark("u_identity_micro", peer="resnet10t", **MICRO)
+
+
+def test_record_fields(with_peer):
+    rec = benchmark("u_identity_micro", **{**MICRO, "reps": 3}, threads=1, channels_last=True)
+    assert rec.peer is None and set(rec.results) == {"infer", "train"}
+    for mode in ("infer", "train"):
+        r = rec.results[mode]
+        assert set(r) == {"mixerlab"}  # no peer, no ratio
+        m = r["mixerlab"]
+        assert len(m["times_ms"]) == 3 and m["ms_per_step"]["median"] == statistics.median(m["times_ms"])
+        assert m["ms_per_step"]["min"] <= m["ms_per_step"]["q1"] <= m["ms_per_step"]["median"] <= m["ms_per_step"]["q3"]
+        assert m["images_per_s"] == pytest.approx(2 * 1000 / m["ms_per_step"]["median"])
+        assert m["peak_memory_mb"] >= 0 and m["first_step_ms"] > 0
+    assert rec.settings["channels_last"] is True and rec.settings["precision"] == "fp32"
+    assert rec.settings["img_size"] == 32 and rec.settings["batch_size"] == 2 and rec.settings["device"] == "cpu"
+    assert rec.machine["threads"] == 1 and rec.machine["cores"] >= 1 and rec.machine["cpu"]
+    assert rec.machine["torch"] == torch.__version__ and rec.machine["timm"]
+    assert "RSS" in rec.memory_method or "ru_maxrss" in rec.memory_method
+    assert rec.models["mixerlab"]["name"] == "u_identity_micro" and rec.models["mixerlab"]["params_m"] > 0
+    json.dumps(rec.to_dict())
+
+
+def test_a_model_object_is_measured_at_its_own_geometry_and_left_untouched():
+    model = mixerlab.create_model("u_identity_micro", img_size=32, in_chans=1, num_classes=10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rec = benchmark(model, batch_size=2, warmup=1, reps=1, modes=("train",))
+    s = rec.settings
+    assert (s["img_size"], s["in_chans"], s["num_classes"]) == (32, 1, 10)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the steps ran on a copy
+
+
+def test_threads_are_restored():
+    before = torch.get_num_threads()
+    benchmark("u_identity_micro", **MICRO, threads=1, modes=("infer",))
+    assert torch.get_num_threads() == before
+
+
+def test_peer_gives_the_paired_ratio(with_peer):
+    for mode in ("infer", "train"):
+        r = with_peer.results[mode]
+        paired = [p / m for m, p in zip(r["mixerlab"]["times_ms"], r["peer"]["times_ms"], strict=True)]
+        assert r["ratio"]["median"] == pytest.approx(statistics.median(paired))
+    assert with_peer.models["peer"]["name"] == "resnet10t" and with_peer.peer == "resnet10t"
+
+
+def test_repetitions_alternate_between_the_models(monkeypatch):
+    calls: list[str] = []
+
+    class Logged(nn.Module):
+        def __init__(self, tag: str) -> None:
+            super().__init__()
+            self.tag = tag
+            self.fc = nn.Linear(1, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append(self.tag)
+            return self.fc(x.mean((1, 2, 3))[:, None])
+
+    monkeypatch.setattr(bench, "build_peer", lambda name, **_: Logged("timm"))
+    rec = benchmark(Logged("ml"), peer="resnet10t", **{**MICRO, "warmup": 2, "reps": 3}, modes=("infer",))
+    # warm-up one model at a time, then the timed repetitions alternate
+    assert calls == ["ml", "ml", "timm", "timm"] + ["ml", "timm"] * 3
+    assert "ratio" in rec.results["infer"]
+
+
+def test_csv_appends_rows_with_settings(tmp_path, with_peer):
+    path = tmp_path / "sub" / "results.csv"
+    append_csv(with_peer, path)
+    append_csv(with_peer, path)
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert path.read_text().count("timestamp,model") == 1  # one header
+    assert [r["mode"] for r in rows] == ["infer", "train", "infer", "train"]
+    r = rows[1]
+    assert tuple(r) == CSV_COLUMNS
+    assert (r["model"], r["peer"], r["img_size"], r["batch_size"], r["precision"], r["compile"], r["device"]) == \
+        ("u_identity_micro", "resnet10t", "32", "2", "fp32", "False", "cpu")
+    assert float(r["ratio_median"]) == pytest.approx(with_peer.results["train"]["ratio"]["median"], rel=1e-3)
+    assert r["torch"] == torch.__version__ and r["cpu"] and int(r["cores"]) >= 1 and r["memory_method"]
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")
+    with pytest.raises(ConfigError, match="csv="):
+        append_csv(with_peer, other)
+
+
+def test_fp16_on_cpu_is_refused_before_any_work(monkeypatch):
+    def no_work(*_a, **_k):
+        raise AssertionError("a model was built before the settings were checked")
+
+    monkeypatch.setattr(bench, "resolve_model", no_work)
+    with pytest.raises(ConfigError, match=r"precision='fp16' is invalid on device='cpu'.*\['bf16', 'fp32'\]"):
+        benchmark("u_identity_micro", precision="fp16", device="cpu")
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"precision": "fp8"}, "precision"), ({"modes": ("infer", "eval")}, "modes"), ({"modes": ()}, "modes"),
+    ({"reps": 0}, "reps"), ({"warmup": 0}, "warmup"), ({"batch_size": 0}, "batch_size"),
+    ({"device": "tpu"}, "device"), ({"peer": "no_such_timm_model"}, "peer"), ({"img_size": 0}, "img_size")])
+def test_bad_settings_name_the_field(kwargs, field, monkeypatch):
+    monkeypatch.setattr(bench, "resolve_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("built")))
+    with pytest.raises(ConfigError, match=field):
+        benchmark("u_identity_micro", **kwargs)
+
+
+def test_cli_prints_the_ratio_and_appends_the_csv(tmp_path, capsys):
+    path = tmp_path / "r.csv"
+    status = cli.main(["bench", "u_identity_micro", "--img-size", "32", "--in-chans", "1", "--num-classes", "10",
+                       "--batch-size", "2", "--warmup", "1", "--reps", "2", "--modes", "infer",
+                       "--peer", "resnet10t", "--csv", str(path)])
+    assert status == 0
+    out = capsys.readouterr().out
+    assert "throughput mixerlab / timm =" in out and "resnet10t" in out
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and rows[0]["mode"] == "infer" and rows[0]["ratio_median"]
+    assert cli.main(["bench", "u_identity_micro", "--precision", "fp16"]) == 2  # a one-line error, exit 2
