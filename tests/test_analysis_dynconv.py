@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,9 +26,8 @@ from mixerlab.cli import main
 from mixerlab.errors import ConfigError
 from mixerlab.mixers import MIXERS, MixerContext, build_mixer
 from mixerlab.mixers.attend import ATTN_ACTS
+from tiny_runs import needs_fmnist
 
-REAL_FMNIST = Path("/usr/share/datasets/fashion-mnist")
-needs_fmnist = pytest.mark.skipif(not REAL_FMNIST.is_dir(), reason=f"{REAL_FMNIST} absent (make data)")
 TOL = 1e-5  # relative, float32
 
 

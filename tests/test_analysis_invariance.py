@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,10 +20,7 @@ from mixerlab.analysis.invariance import DIRECTIONS, default_shifts, invariance,
 from mixerlab.data import DataBundle, InMemoryImages
 from mixerlab.errors import ConfigError
 from mixerlab.train import train
-from tiny_runs import tiny
-
-REAL_FMNIST = Path("/usr/share/datasets/fashion-mnist")
-needs_fmnist = pytest.mark.skipif(not REAL_FMNIST.is_dir(), reason=f"{REAL_FMNIST} absent (make data)")
+from tiny_runs import needs_fmnist, tiny
 
 
 def bundle(size: int = 16, n: int = 12, chans: int = 1) -> DataBundle:

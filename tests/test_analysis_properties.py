@@ -24,9 +24,8 @@ from mixerlab.analysis.properties import (
 from mixerlab.cli import main
 from mixerlab.errors import ConfigError
 from mixerlab.mixers import MIXERS, Mixer, MixerContext
+from tiny_runs import needs_fmnist
 
-REAL_FMNIST = Path("/usr/share/datasets/fashion-mnist")
-needs_fmnist = pytest.mark.skipif(not REAL_FMNIST.is_dir(), reason=f"{REAL_FMNIST} absent (make data)")
 FIELDS = {"mixer", "support_radius", "sparse", "shared_across_positions", "shared_across_channels", "channel_group",
           "dynamic", "channel_coupling", "notes"}
 

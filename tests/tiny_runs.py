@@ -5,8 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from mixerlab.data import DataConfig
 from mixerlab.train import TrainConfig
+
+REAL_FMNIST = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist (make data)
+needs_fmnist = pytest.mark.skipif(not REAL_FMNIST.is_dir(), reason=f"{REAL_FMNIST} absent (make data)")
 
 TINY_ARGS = {"depths": [1, 1, 1, 1], "dims": [8, 16, 16, 16]}
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
-from .base import Record, resolve_model, save
+from .base import Record, save
 
 
 @dataclass(frozen=True)
@@ -39,15 +39,26 @@ def register(cmd: AnalysisCommand) -> None:
     COMMANDS[cmd.name] = cmd
 
 
-def model_from_args(args: argparse.Namespace, **extra: Any) -> tuple[Any, dict[str, Any]]:
-    """The model the common options name (a fresh named model at the given geometry, or a trained run)."""
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """The common model options: ``--model`` (a fresh named model at ``--img-size`` / ``--in-chans`` /
+    ``--num-classes``) or ``--run`` (a run written by ``mixerlab train``, its ``--weights``)."""
+    p.add_argument("--model", default=None, help="registered model name (a fresh, untrained model)")
+    p.add_argument("--run", default=None, help="run directory or checkpoint written by `mixerlab train`")
+    p.add_argument("--weights", default="model", choices=("model", "ema"), help="which weights of --run")
+    p.add_argument("--img-size", type=int, default=None)
+    p.add_argument("--in-chans", type=int, default=None)
+    p.add_argument("--num-classes", type=int, default=None)
+
+
+def cli_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """What the options of :func:`add_model_options` name: a run directory, or a model name with the
+    geometry overrides given."""
     if (args.model is None) == (args.run is None):
         raise ConfigError("--model NAME or --run DIR is required (exactly one)")
     if args.run is not None:
-        return resolve_model(args.run, which=args.weights)
-    geometry = {k: v for k, v in (("img_size", args.img_size), ("in_chans", args.in_chans),
-                                  ("num_classes", args.num_classes)) if v is not None}
-    return resolve_model(args.model, **geometry, **extra)
+        return args.run, {}
+    return args.model, {k: v for k, v in (("img_size", args.img_size), ("in_chans", args.in_chans),
+                                          ("num_classes", args.num_classes)) if v is not None}
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -55,12 +66,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     for cmd in COMMANDS.values():
         a = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
         if cmd.needs_model:
-            a.add_argument("--model", default=None, help="registered model name (a fresh, untrained model)")
-            a.add_argument("--run", default=None, help="run directory or checkpoint written by `mixerlab train`")
-            a.add_argument("--weights", default="model", choices=("model", "ema"), help="which weights of --run")
-            a.add_argument("--img-size", type=int, default=None)
-            a.add_argument("--in-chans", type=int, default=None)
-            a.add_argument("--num-classes", type=int, default=None)
+            add_model_options(a)
         a.add_argument("--out", default=None, help="directory for <analysis>.json and its figures (PNG)")
         a.add_argument("--format", default="table", choices=("table", "json"))
         cmd.configure(a)

@@ -67,8 +67,8 @@ from ..mixers.sra import SpatialReductionAttention
 from ..mixers.window import WindowAttention, pad_to_multiple
 from ..zoo import create_model
 from .base import ModelSource, Record, resolve_model
-from .cli import AnalysisCommand, register
-from .erf import check_in_chans, cli_model, default_data, eval_images
+from .cli import AnalysisCommand, add_model_options, cli_model, register
+from .erf import check_in_chans, default_data, eval_images
 
 Project = Callable[[Tensor], Tensor]
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -222,17 +222,6 @@ def check_model_mode(mixers: Any, inputs: str, where: str) -> None:
     if inputs != "fashion-mnist":
         raise ConfigError(f"inputs={inputs!r} is invalid with model=...: the inputs are what each mixer receives "
                           "in the model's forward pass")
-
-
-def add_model_options(p: argparse.ArgumentParser) -> None:
-    """``--model`` / ``--run`` and friends (the names of :func:`mixerlab.analysis.cli.configure`), optional here:
-    without them the mixer analyses probe mixers built alone."""
-    p.add_argument("--model", default=None, help="registered model name: probe its stage mixers (fresh model)")
-    p.add_argument("--run", default=None, help="run directory or checkpoint written by `mixerlab train`")
-    p.add_argument("--weights", default="model", choices=("model", "ema"), help="which weights of --run")
-    p.add_argument("--img-size", type=int, default=None)
-    p.add_argument("--in-chans", type=int, default=None)
-    p.add_argument("--num-classes", type=int, default=None)
 
 
 def model_args(args: argparse.Namespace) -> tuple[ModelSource | None, dict[str, Any]]:

@@ -45,7 +45,7 @@ from ..errors import ConfigError, check_choice, check_int, is_int
 from ..train.rundir import RunDir
 from ..zoo import model_config
 from .base import ModelSource, Record, resolve_model
-from .cli import AnalysisCommand, register
+from .cli import AnalysisCommand, cli_model, register
 
 THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -259,17 +259,6 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     p.add_argument("--data", default=None, help="dataset (default: the run's, else fashion-mnist)")
     p.add_argument("--data-dir", default=None, help="dataset directory (cifar, imagefolder)")
-
-
-def cli_model(args: argparse.Namespace) -> tuple[ModelSource, dict[str, Any]]:
-    """What the common options of ``mixerlab analyze`` name: a run directory, or a model name with the
-    geometry overrides given (``--img-size`` / ``--in-chans`` / ``--num-classes``)."""
-    if (args.model is None) == (args.run is None):
-        raise ConfigError("--model NAME or --run DIR is required (exactly one)")
-    if args.run is not None:
-        return args.run, {}
-    return args.model, {k: v for k, v in (("img_size", args.img_size), ("in_chans", args.in_chans),
-                                          ("num_classes", args.num_classes)) if v is not None}
 
 
 def cli_data(args: argparse.Namespace) -> DataConfig | None:

@@ -48,8 +48,8 @@ from torch import Tensor
 from ..data import DataBundle, DataConfig
 from ..errors import ConfigError, check_choice, check_int, is_int
 from .base import ModelSource, Record, resolve_model
-from .cli import AnalysisCommand, register
-from .erf import check_in_chans, cli_data, cli_model, default_data, describe_data, eval_images
+from .cli import AnalysisCommand, cli_model, register
+from .erf import check_in_chans, cli_data, default_data, describe_data, eval_images
 
 SHIFT_MODES = ("pad", "circular")
 # The 8 directions the crop window moves in, as (row, column) steps; names as the window moves (the image

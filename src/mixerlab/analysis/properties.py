@@ -86,7 +86,7 @@ from ..mixers.dynamic import (
 )
 from ..mixers.pooling import Identity, Pooling
 from .base import ModelSource, Record
-from .cli import AnalysisCommand, register
+from .cli import AnalysisCommand, add_model_options, register
 from .dynconv import (
     DTYPES,
     EXTRACTORS,
@@ -94,7 +94,6 @@ from .dynconv import (
     MixerSpec,
     _trained,
     add_geometry_options,
-    add_model_options,
     as_dynamic_conv,
     check_geometry,
     check_model_mode,
