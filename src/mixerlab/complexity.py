@@ -48,7 +48,7 @@ from torch.utils.flop_counter import flop_registry as _TORCH_FLOP_FORMULAS
 
 from .archs import build_model
 from .config import ConfigError, ModelConfig
-from .zoo import MODEL_CONFIGS, apply_overrides, model_config
+from .zoo import apply_overrides, named_config
 
 aten = torch.ops.aten
 
@@ -289,8 +289,7 @@ def _build_meta(name_or_cfg: str | ModelConfig, input_size: int | tuple[int, ...
             overrides.setdefault("in_chans", chw[0])
             overrides.setdefault("img_size", chw[1] if chw[1] == chw[2] else (chw[1], chw[2]))
     if isinstance(name_or_cfg, str):
-        cfg, label = apply_overrides(MODEL_CONFIGS[name_or_cfg] if name_or_cfg in MODEL_CONFIGS
-                                     else model_config(name_or_cfg), **overrides), name_or_cfg
+        cfg, label = apply_overrides(named_config(name_or_cfg), **overrides), name_or_cfg
     else:
         cfg, label = apply_overrides(name_or_cfg, **overrides), "config"
     with torch.device("meta"):

@@ -46,7 +46,8 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in MODEL_CONFIGS if fnmatch.fnmatch(n, pattern))
 
 
-def _base(name: str) -> ModelConfig:
+def named_config(name: str) -> ModelConfig:
+    """The zoo's config of ``name`` as published (unresolved; see :func:`model_config`)."""
     if name not in MODEL_CONFIGS:
         raise ConfigError(f"model={name!r} is unknown: see mixerlab.list_models() (e.g. {list_models()[:4]})")
     return MODEL_CONFIGS[name]
@@ -54,7 +55,7 @@ def _base(name: str) -> ModelConfig:
 
 def model_config(name: str, **overrides: Any) -> ModelConfig:
     """The resolved config of a named model with ``overrides`` applied (what ``model.config`` will be)."""
-    return resolve_config(apply_overrides(_base(name), **overrides))
+    return resolve_config(apply_overrides(named_config(name), **overrides))
 
 
 def _mixer_list(value: Any, n: int) -> MixerConfig | list[MixerConfig]:
@@ -119,7 +120,7 @@ def create_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Modul
     if pretrained:
         raise ConfigError(f"pretrained=True is invalid for {name!r}: mixerlab ships no weights; "
                           "train one or map timm weights with mixerlab.load_timm_weights")
-    base = _base(name)
+    base = named_config(name)
     kwargs.pop("cache_dir", None)  # no hub: nothing is downloaded
     built: list[tuple[MixerNet, dict[str, Any]]] = []
 
@@ -160,4 +161,4 @@ default_cfgs = {n: pretrained_cfg_for(c, ARCH_CLASSES[c.arch].classifier) for n,
 for _name in MODEL_CONFIGS:
     _register(_name)
 
-__all__ = ["MODEL_CONFIGS", "apply_overrides", "create_model", "list_models", "model_config"]
+__all__ = ["MODEL_CONFIGS", "apply_overrides", "create_model", "list_models", "model_config", "named_config"]
