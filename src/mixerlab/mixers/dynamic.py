@@ -51,17 +51,36 @@ from ..errors import ConfigError
 from .base import Mixer, MixerContext, check_reduction, odd_kernel, positive_int
 
 
+def reachable_taps(weight: Tensor, grid: tuple[int, int]) -> Tensor:
+    """The centre ``min(K, 2H - 1) x min(K, 2W - 1)`` taps of odd ``(..., K, K)`` kernels on an ``H x W`` map
+    (zero padding): the others only ever meet padding, so dropping them changes no output and no gradient
+    (theirs is exactly zero either way)."""
+    k = weight.shape[-1]
+    kh, kw = min(k, 2 * grid[0] - 1), min(k, 2 * grid[1] - 1)
+    if (kh, kw) == (k, k):
+        return weight
+    return weight[..., (k - kh) // 2:(k + kh) // 2, (k - kw) // 2:(k + kw) // 2]
+
+
+@register_notrace_function  # a torch.fx leaf: it branches on the map's size
 def dynamic_depthwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """Per-sample depth-wise conv: ``x`` (B, C, H, W), ``weight`` (B, C, K, K) with K odd, ``bias`` (C,).
 
-    The batch is folded into the channels as ``(1, B*C, H, W)`` with channels-last memory
-    ``(H, W, B*C)``: PyTorch's CPU depth-wise backward is several times faster in that layout
-    than in NCHW (B=8, C=96, 56x56, K=7: about 1.9 s against 12 s for a whole ``dynconv``)."""
-    b = x.shape[0]
-    folded = x.permute(2, 3, 0, 1).flatten(2).unsqueeze(0).permute(0, 3, 1, 2)
-    y = F.conv2d(folded, weight.flatten(0, 1).unsqueeze(1), None if bias is None else bias.repeat(b),
-                 padding="same", groups=folded.shape[1])
-    return y.squeeze(0).permute(1, 2, 0).unflatten(-1, (b, -1)).permute(2, 3, 0, 1)
+    One grouped convolution over B*C groups: the batch is folded into the channels as ``(1, B*C, H, W)``,
+    so a sample's kernel only ever touches its own channels (no Python loop). Only the taps that can reach
+    an output are convolved (:func:`reachable_taps`), and a 1x1 map is a product with the centre tap.
+    Measured forward+backward, one thread, at u_dynconv_micro's 32x32 stage shapes (batch 128; C, H =
+    32, 8 / 64, 4 / 128, 2 / 256, 1): 10 / 10 / 5 / <1 ms, against 150 / 210 / 69 / 354 ms for the full 7x7
+    kernel over a channels-last fold, which made the whole model's train step 6.6 s; at B 8, C 96, 56x56 the
+    two layouts are within 10% (99 vs 89 ms)."""
+    b, c, h, w = x.shape
+    weight = reachable_taps(weight, (h, w))
+    if weight.shape[-2] == 1 and weight.shape[-1] == 1:
+        y = x * weight
+    else:
+        y = F.conv2d(x.reshape(1, b * c, h, w), weight.reshape(b * c, 1, weight.shape[-2], weight.shape[-1]),
+                     padding="same", groups=b * c).view(b, c, h, w)
+    return y if bias is None else y + bias.view(1, -1, 1, 1)
 
 
 @register_notrace_function
