@@ -294,6 +294,22 @@ def test_halo_with_padding_matches_naive_reference(act: str, fused: bool, std: f
         assert_close64(m(x), naive_halo(m, x))
 
 
+@pytest.mark.parametrize(("act", "fused"), PATHS)
+@pytest.mark.parametrize("res", [(1, 1), (2, 3), (4, 4), (7, 7)])
+def test_halo_on_a_map_within_one_block_matches_naive_reference(act: str, fused: bool, res: tuple[int, int]) -> None:
+    # Maps that fit in one block take the compact path (no padded queries or keys); the reference loops over
+    # the padded definition. aggregation_weights follows the same path.
+    m = randomize_(HaloAttention(MixerContext(dim=8, num_heads=2, resolution=res), attn_act=act, fused=fused))
+    x = torch.randn(2, *res, 8, dtype=torch.float64)
+    with torch.no_grad():
+        assert m._one_block(x)
+        assert_close64(m(x), naive_halo(m, x))
+        a = m.aggregation_weights(x)  # (B, h, HW, HW); y = proj(merge_heads(A v))
+        v = m.kv(x.permute(0, 3, 1, 2)).view(2, 2, 8, -1)[:, :, 4:].transpose(-1, -2)
+        y = (a @ v).transpose(1, 2).reshape(x.shape)
+        assert_close64(m.proj(y), naive_halo(m, x))
+
+
 def test_halo_masks_padding_even_with_large_logits() -> None:
     # k = -q and large aligned tokens: every live logit is far below Swin's -100 mask value, so a
     # -100 mask would hand the weight to the padded (zero) keys; exact exclusion must not.

@@ -43,11 +43,15 @@ import torch
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch import Tensor, nn
+from torch.fx import _symbolic_trace
 
 from ..errors import ConfigError, check_int
 from .attend import AttentionInputs, attend, attention_weights, check_attn_act, scatter_dense
 from .base import Mixer, MixerContext, positive_int
 from .window import crop_like, pad_to_multiple, window_merge, window_positions
+
+# torch.fx's own "am I being traced" test (newer torch splits out plain symbolic tracing from export).
+is_fx_tracing = getattr(_symbolic_trace, "is_fx_symbolic_tracing", _symbolic_trace.is_fx_tracing)
 
 # Shape arithmetic lives in these functions, which torch.fx keeps as leaves (see mixers.window).
 
@@ -131,7 +135,34 @@ class HaloAttention(Mixer):
         return AttentionInputs(q.flatten(-3, -2).flatten(1, 2), kv[..., :d].flatten(1, 2), kv[..., d:].flatten(1, 2),
                                self.rel_logits(q).flatten(1, 2), mask)
 
+    def _one_block_inputs(self, x: Tensor) -> AttentionInputs:
+        """:meth:`_inputs` for a map that fits in one block (H, W <= block_size): every query's window then holds
+        the whole map, so the block is global attention over the H*W tokens with the same relative-position
+        table rows (``key - query + halo_size + win_size - 1`` along each axis) and no padding at all.
+        q, k, v ``(B, h, H*W, d)``, bias ``(B, h, H*W, H*W)``. Exactly the padded computation without its
+        padded queries and keys: at 32x32 input, U-Halo-micro's 4x4 / 2x2 / 1x1 stages computed 49 queries x
+        169 keys per block for 16 / 4 / 1 tokens."""
+        b, hh, ww, _ = x.shape
+        nh, d = self.num_heads, self.head_dim
+        q = self.q(x).view(b, hh, ww, nh, d).permute(0, 3, 1, 2, 4)  # (B, h, H, W, d)
+        kv = self.kv(x.permute(0, 3, 1, 2)).view(b, nh, 2 * d, hh * ww).transpose(-1, -2)  # (B, h, HW, 2d)
+        off = self.halo_size + self.win_size - 1
+        rows, cols = torch.arange(hh, device=x.device), torch.arange(ww, device=x.device)
+        lh = torch.einsum("bnrcd,rkd->bnrck", q, self.rel_height[rows[None, :] - rows[:, None] + off])
+        lw = torch.einsum("bnrcd,ckd->bnrck", q, self.rel_width[cols[None, :] - cols[:, None] + off])
+        bias = (lh[..., :, None] + lw[..., None, :]).flatten(-2).flatten(2, 3)
+        return AttentionInputs(q.flatten(2, 3), kv[..., :d], kv[..., d:], bias)
+
+    def _one_block(self, x: Tensor) -> bool:
+        # Eager and torch.compile take the compact path when it applies; torch.fx, which cannot branch on
+        # shapes, always traces the general (padded) one. Both compute the same function.
+        return not is_fx_tracing() and x.shape[1] <= self.block_size and x.shape[2] <= self.block_size
+
     def forward(self, x: Tensor) -> Tensor:
+        if self._one_block(x):
+            t = self._one_block_inputs(x)
+            y = attend(t.q, t.k, t.v, act=self.attn_act, scale=self.head_dim ** -0.5, bias=t.bias, fused=self.fused)
+            return self.proj(y.transpose(1, 2).reshape(x.shape))
         t = self._inputs(x)
         y = attend(t.q, t.k, t.v, act=self.attn_act, scale=self.head_dim ** -0.5, bias=t.bias, mask=t.mask,
                    fused=self.fused)  # (B, h * nBlocks, bs*bs, d)
@@ -147,8 +178,11 @@ class HaloAttention(Mixer):
         ``(B, h, H*W, d)`` (``kv`` output channels ``2 n d + d .. 2 (n + 1) d``),
         ``forward(x) = proj(merge_heads(A @ v))``.
         """
+        n = x.shape[1] * x.shape[2]
+        if self._one_block(x):
+            t = self._one_block_inputs(x)
+            return attention_weights(t.q, t.k, act=self.attn_act, scale=self.head_dim ** -0.5, bias=t.bias)
         t = self._inputs(x)
         a = attention_weights(t.q, t.k, act=self.attn_act, scale=self.head_dim ** -0.5, bias=t.bias, mask=t.mask)
-        n = x.shape[1] * x.shape[2]
         return scatter_dense(a.unflatten(1, (self.num_heads, -1)), window_positions(x, (self.block_size,) * 2, (0, 0)),
                              halo_windows(x, self.block_size, self.halo_size, self.win_size), n)
