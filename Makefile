@@ -4,27 +4,36 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+CHROMIUM := /usr/bin/chromium
+# Debian packages installed when missing (and apt-get exists): $(call apt,PATH,PACKAGE,WHY)
+define apt
+	@if [ ! -e $(1) ]; then \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $(2); \
+	  else echo "$(1) not found and apt-get is unavailable: $(3)"; fi; \
+	fi
+endef
 
-.PHONY: demo test lint data clean
+.PHONY: demo test lint data browser clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test,ray]"
 	touch $(STAMP)
 
-# The default data set: Debian's dataset-fashion-mnist (installed when missing and apt-get exists).
+# The default data set: Debian's dataset-fashion-mnist.
 data:
-	@if [ ! -f $(FMNIST) ]; then \
-	  if command -v apt-get >/dev/null 2>&1; then \
-	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
-	  else echo "Fashion-MNIST not found at $(FMNIST) and apt-get is unavailable: pass --data-dir (see README)"; fi; \
-	fi
+	$(call apt,$(FMNIST),dataset-fashion-mnist,pass --data-dir (see README))
 
-test: $(STAMP) data
+# Headless Chromium for the report's browser test (skipped without it).
+browser:
+	$(call apt,$(CHROMIUM),chromium,the report's browser test will be skipped)
+
+test: $(STAMP) data browser
 	$(BIN)/python -m pytest -q
 	$(MAKE) --no-print-directory timm-contract
 

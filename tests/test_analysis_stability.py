@@ -24,7 +24,7 @@ from mixerlab.analysis.stability import (
 )
 from mixerlab.cli import main
 from mixerlab.errors import ConfigError
-from mixerlab.train import RunDir, RunRecord, TrainConfig
+from mixerlab.train import RunDir, RunRecord, TrainConfig, resume
 from mixerlab.train.rundir import CONFIG, RECORD
 
 MODELS = ["vit_p_1gf", "vit_c_1gf"]
@@ -213,14 +213,14 @@ def test_a_failed_run_is_an_outcome_an_error_before_training_is_not(tmp_path, mo
         run.record_path.write_text(json.dumps(rec.to_dict()))
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(stab, "train", failing_train)
+    monkeypatch.setattr(resume.engine, "train", failing_train)
     (rec,) = run_local([cfg])
     assert (rec.status, rec.error, stab.run_error(rec)) == ("failed", "RuntimeError: boom", 100.0)
 
     def broken_setup(c: TrainConfig) -> RunRecord:
         raise FileNotFoundError("no data")
 
-    monkeypatch.setattr(stab, "train", broken_setup)
+    monkeypatch.setattr(resume.engine, "train", broken_setup)
     with pytest.raises(FileNotFoundError):  # the stale 'failed' record above is not taken for this call's
         run_local([cfg])
 
@@ -230,7 +230,7 @@ def test_a_run_dir_of_another_config_is_refused_before_training(tmp_path, monkey
     foreign = fake_record(dataclasses.replace(cfgs[-1], lr=1.0), 50.0)
     Path(cfgs[-1].run_dir).mkdir(parents=True)
     (Path(cfgs[-1].run_dir) / RECORD).write_text(json.dumps(foreign.to_dict()))
-    monkeypatch.setattr(stab, "train", lambda c: pytest.fail("trained before refusing"))
+    monkeypatch.setattr(resume.engine, "train", lambda c: pytest.fail("trained before refusing"))
     with pytest.raises(ConfigError, match=r"run_dir=.*vit_c_1gf/sgd/sweep-000' is invalid: it holds a run of "
                                           "another config"):
         run_local(cfgs)

@@ -144,6 +144,11 @@ from .analysis import bench  # noqa: E402
 
 add_subcommand("bench", bench.BENCH_HELP, bench.configure, bench.run)
 
+from .study import cli as study_cli  # noqa: E402
+
+add_subcommand("study", study_cli.STUDY_HELP, study_cli.configure, study_cli.run)
+add_subcommand("report", study_cli.REPORT_HELP, study_cli.configure_report, study_cli.run_report)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -44,8 +44,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, check_choice, check_int, check_number, fail, is_int
-from ..train import RunDir, RunRecord, TrainConfig, train
+from ..train import RunRecord, TrainConfig
 from ..train.cli import parse_kv
+from ..train.resume import run_plan, train_or_resume
 from .base import Record
 from .cli import AnalysisCommand, register
 
@@ -207,54 +208,18 @@ def run_local(configs: Sequence[TrainConfig], *, on_run: OnRun | None = None) ->
     called after each run (the CLI prints progress with it; this function prints nothing)."""
     for c in configs:
         c.validate()
-    plans = [_how(c) for c in configs]
+    plans = [run_plan(c) for c in configs]
     clashes = [str(c.resolved_run_dir()) for c, how in zip(configs, plans, strict=True) if how == "clash"]
     if clashes:
         raise ConfigError(f"run_dir={clashes[0]!r} is invalid: it holds a run of another config ({len(clashes)} "
                           "such run dirs); use another runs dir or remove them")
     records = []
     for i, (cfg, how) in enumerate(zip(configs, plans, strict=True)):
-        run = RunDir(cfg.resolved_run_dir())
-        if how == "reuse":
-            rec, reused = run.record(), True
-        else:
-            rec, reused = _train(cfg, run, resume=how == "resume"), False
+        rec, reused = train_or_resume(cfg, how)
         records.append(rec)
         if on_run is not None:
             on_run(i, cfg, rec, reused)
     return records
-
-
-def _how(cfg: TrainConfig) -> str:
-    """``fresh`` | ``reuse`` | ``resume`` | ``restart`` (same experiment, nothing to keep) | ``clash``."""
-    run = RunDir(cfg.resolved_run_dir())
-    if not run.holds_run():
-        return "fresh"
-    # The experiment the dir holds, from its most final file; a dir with only logs cannot tell, so it clashes.
-    record = run.record() if run.record_path.is_file() else None
-    if record is not None:
-        stored = record.train_config_hash
-    elif run.has_checkpoint():
-        stored = run.manifest()["train_config_hash"]
-    else:
-        stored = run.config().hash() if run.config_path.is_file() else None
-    if stored != cfg.hash():
-        return "clash"
-    if record is not None and record.status in ("completed", "diverged"):
-        return "reuse"
-    return "resume" if run.has_checkpoint() else "restart"
-
-
-def _train(cfg: TrainConfig, run: RunDir, *, resume: bool) -> RunRecord:
-    before = run.record_path.stat().st_mtime_ns if run.record_path.is_file() else None
-    try:
-        return train(dataclasses.replace(cfg, resume=resume, overwrite=not resume))
-    except Exception:
-        # The engine writes record.json (status 'failed') when training itself raised; a record written by
-        # this call is the outcome of the run. Anything else failed before training began: not an outcome.
-        if run.record_path.is_file() and run.record_path.stat().st_mtime_ns != before:
-            return run.record()
-        raise
 
 
 # ---- (c) aggregating --------------------------------------------------------------------------------------------
