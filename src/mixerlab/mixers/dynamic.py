@@ -89,12 +89,18 @@ def kernel_side(weight: Tensor) -> int:
     return math.isqrt(weight.shape[2])
 
 
+@register_notrace_function  # a torch.fx leaf: it crops by the map's size
 def inhomogeneous_depthwise_conv(x: Tensor, weight: Tensor) -> Tensor:
     """Per-position depth-wise conv: ``x`` (B, C, H, W), ``weight`` (B, G, K*K, H, W) with G | C,
-    kernel taps in row-major order; channel c uses group c // (C / G)."""
+    kernel taps in row-major order; channel c uses group c // (C / G). Only the taps that can reach the map
+    are unfolded (:func:`reachable_taps`; the others meet padding only)."""
+    b, g, _, h, w = weight.shape
     k = kernel_side(weight)
-    cols = F.unfold(x, k, padding=k // 2).unflatten(1, (weight.shape[1], -1, weight.shape[2]))  # (B, G, C/G, K*K, HW)
-    return (cols * weight.flatten(-2).unsqueeze(2)).sum(3).flatten(1, 2).view_as(x)
+    weight = reachable_taps(weight.unflatten(2, (k, k)).movedim((2, 3), (-2, -1)), (h, w))  # (B, G, H, W, kh, kw)
+    kh, kw = weight.shape[-2], weight.shape[-1]
+    cols = F.unfold(x, (kh, kw), padding=(kh // 2, kw // 2)).unflatten(1, (g, -1, kh * kw))  # (B, G, C/G, kh*kw, HW)
+    taps = weight.flatten(-2).flatten(2, 3).transpose(-1, -2).unsqueeze(2)  # (B, G, 1, kh*kw, HW)
+    return (cols * taps).sum(3).flatten(1, 2).view_as(x)
 
 
 class DynamicDWConv2d(nn.Module):
