@@ -161,6 +161,11 @@ def test_record_rows_and_figure():
     assert all(r.rel_error <= TOL for r in rec.rows)
     assert rec.rows[0].kernels == [2, 196, 196, 4] and rec.rows[0].kernel_size == 13
     assert isinstance(rec.figures["kernels"], Figure) and len(rec.figures["kernels"].axes) == 3
+    # the figure's data, in the record: 3 query kernels on the 14 x 14 map per panel; a softmax kernel sums to 1
+    panels = rec.to_dict()["panels"]
+    assert [p["label"] for p in panels] == ["window\nsoftmax", "dwattn(window_size=7)\nsoftmax", "dwconv\nstatic"]
+    assert all(torch.tensor(p["maps"]).shape == (3, 14, 14) for p in panels)
+    assert torch.allclose(torch.tensor(panels[0]["maps"]).sum((1, 2)), torch.ones(3), atol=1e-5)
     with pytest.raises(ConfigError, match=r"acts\[0\]"):
         dynconv(acts=("gelu",))
 

@@ -522,6 +522,9 @@ class DynConvRecord(Record):
     inputs: dict[str, Any] = field(default_factory=dict)
     rows: list[Reconstruction] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)  # model mode: stage mixers not converted, and why
+    # What the ``kernels`` figure draws, as data (reports draw their own): per panel its label and the kernels
+    # (group 0) of the :func:`figure_queries` positions, ``maps`` (queries, H, W).
+    panels: list[dict[str, Any]] = field(default_factory=list)
 
 
 def attention_specs() -> list[tuple[str, dict[str, Any]]]:
@@ -626,7 +629,7 @@ def dynconv(mixers: Sequence[MixerSpec] | None = None, *, acts: Sequence[str] = 
                 panels.append((f"{label(name, args)}\nstatic", sa.attention[0, q_index].unflatten(-1, grid)))
     record = DynConvRecord(source={"kind": "mixers", "init": "trunc_normal (build_mixer)", "mode": "eval"},
                            dim=dim, num_heads=num_heads, resolution=list(grid), dtype=dtype, inputs=described,
-                           rows=rows)
+                           rows=rows, panels=[{"label": n, "maps": m.tolist()} for n, m in panels])
     if panels:
         record.figures["kernels"] = kernel_figure(
             panels, grid, f"aggregation kernels of 3 queries (x, one colour each; |weight| / max), head / channel 0, "
@@ -654,7 +657,8 @@ def _model_dynconv(model: ModelSource, *, dtype: str, weights: str, data: DataCo
             q_index = [r * grid[1] + c for r, c in figure_queries(grid)]
             panels.append((f"{st.label}\n{rows[-1].attn_act}", dc.map_kernels()[0, q_index, :, 0].unflatten(-1, grid)))
     record = DynConvRecord(source={**source, "mode": "eval", "probed": "the mixer of the first block of each stage"},
-                           dtype=dtype, inputs=described, rows=rows, skipped=skipped)
+                           dtype=dtype, inputs=described, rows=rows, skipped=skipped,
+                           panels=[{"label": n, "maps": m.tolist()} for n, m in panels])
     if panels:
         record.figures["kernels"] = kernel_figure(
             panels, None, f"aggregation kernels of 3 queries, head 0, {source.get('model', '')}: "
