@@ -94,7 +94,7 @@ def inhomogeneous_depthwise_conv(x: Tensor, weight: Tensor) -> Tensor:
     """Per-position depth-wise conv: ``x`` (B, C, H, W), ``weight`` (B, G, K*K, H, W) with G | C,
     kernel taps in row-major order; channel c uses group c // (C / G). Only the taps that can reach the map
     are unfolded (:func:`reachable_taps`; the others meet padding only)."""
-    b, g, _, h, w = weight.shape
+    _, g, _, h, w = weight.shape
     k = kernel_side(weight)
     weight = reachable_taps(weight.unflatten(2, (k, k)).movedim((2, 3), (-2, -1)), (h, w))  # (B, G, H, W, kh, kw)
     kh, kw = weight.shape[-2], weight.shape[-1]
