@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -201,6 +202,31 @@ def test_the_ray_executor_gives_the_same_results_on_a_local_cluster(reference, t
     summary = run_study(build_study(s), tmp_path, executor="ray", report=False)
     assert summary.ok and summary.ran == 6
     with Store(tmp_path, readonly=True) as store:
+        assert metrics_of(store) == want
+
+
+@needs_fmnist
+def test_the_ray_executor_joins_an_existing_cluster(reference, tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    ray_cli = Path(sys.executable).with_name("ray")
+    s, _, _, want = reference
+    port = 26379 + os.getpid() % 1000
+    # one authentication mode on both sides (Ray >= 2.5x defaults the CLI to tokens, a bare driver not always)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # Ray's socket paths must stay short (AF_UNIX limit), so not under pytest's long tmp_path
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    started = subprocess.run([str(ray_cli), "start", "--head", f"--port={port}", "--num-cpus=2",
+                              "--include-dashboard=false", f"--temp-dir={temp}"], capture_output=True, text=True,
+                             env=env, timeout=120)
+    assert started.returncode == 0, started.stderr[-2000:]
+    try:
+        summary = run_study(build_study(s), tmp_path / "out", executor="ray", address=f"127.0.0.1:{port}",
+                            report=False)
+    finally:
+        subprocess.run([str(ray_cli), "stop", "--force"], capture_output=True, env=env, timeout=120)
+    assert summary.ok and summary.ran == 6
+    with Store(tmp_path / "out", readonly=True) as store:
         assert metrics_of(store) == want
 
 
