@@ -1,10 +1,19 @@
-"""Forward+backward time of one MetaBlock per mixer at the tiny scale's stage-1 shape.
+"""Per mixer: achieved GFLOP/s and the fraction of this machine's fp32 matmul peak, measured in the same run.
 
-    python benchmarks/mixer_blocks.py [--batch 8 --dim 96 --size 56 --heads 3 --repeats 3] [--csv out.csv]
+    python benchmarks/mixer_blocks.py [--threads 2] [--repeats 5] [--only window halo] [--skip-models] [--csv out.csv]
 
-Each mixer is built alone (``build_mixer``) inside a ``MetaBlock`` and timed on random input:
-one warm-up step, then the median of ``--repeats`` steps of forward, mean-square loss, backward.
-Prints a Markdown table (and optionally CSV) with the machine, torch version and settings.
+Three measurements per mixer, each a training step (forward, loss, backward; the models also take an AdamW step),
+timed as the median of ``--repeats`` after one warm-up, on random input:
+
+* ``block``: one ``MetaBlock`` (pre-norm mixer + MLP, LayerScale) built alone at the tiny scale's stage-1 shape,
+  B 8, C 96, 56x56, 3 heads (``build_mixer``, as a model builds it);
+* ``micro@32``: the unified micro model with that mixer (U-<mixer>-micro) at 1x32x32, batch 128, 10 classes;
+* ``micro@224``: the same model at 3x224x224, batch 8, 1000 classes.
+
+FLOPs of a step = 3 x 2 x the forward MACs that ``mixerlab.complexity`` counts (backward ~ 2x forward, the usual
+convention; elementwise ops, norms and the optimiser are not counted), so GFLOP/s is *useful* work per second.
+The peak is the GFLOP/s of a 2048 x 2048 fp32 ``torch.mm`` (2 n^3 FLOPs; median of 10) at the same thread count,
+measured before and after the mixers (the table shows both). Prints a Markdown table with machine and settings.
 """
 
 from __future__ import annotations
@@ -14,67 +23,117 @@ import csv
 import platform
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
+from mixerlab import complexity, create_model
 from mixerlab.blocks import MetaBlock
 from mixerlab.mixers import MixerContext, build_mixer
 
-# name -> mixer args at the stage-1 shape (stage 0 of a tiny model)
-CASES: dict[str, tuple[str, dict]] = {
-    "window (Swin, w7)": ("window", {"window_size": 7}),
-    "dwconv (U-ConvNeXt, k7)": ("dwconv", {"kernel_size": 7}),
-    "attention (global)": ("attention", {}),
-    "halo (b7, h3)": ("halo", {"block_size": 7, "halo_size": 3}),
-    "sra (PVT, sr 8)": ("sra", {"sr_ratios": [8, 4, 2, 1]}),
-    "dwattn (w7)": ("dwattn", {"window_size": 7}),
-    "dynconv (k7)": ("dynconv", {"kernel_size": 7}),
-    "idynconv (k7)": ("idynconv", {"kernel_size": 7}),
-    "dma": ("dma", {}),
-    "dcn (DCNv3, 3x3)": ("dcn", {"groups": [4, 8, 16, 32]}),
-    "dwnet (k7)": ("dwnet", {"kernel_size": 7}),
-    "pooling": ("pooling", {}),
-    "identity": ("identity", {}),
+# mixer -> (args at the stage-1 shape, its unified micro model)
+CASES: dict[str, tuple[dict, str]] = {
+    "attention": ({}, "u_swin_micro"),  # the model with mixer={'name': 'attention'}
+    "window": ({"window_size": 7}, "u_swin_micro"),
+    "halo": ({"block_size": 7, "halo_size": 3}, "u_halo_micro"),
+    "sra": ({"sr_ratio": 8}, "u_pvt_micro"),
+    "dwconv": ({"kernel_size": 7}, "u_convnext_micro"),
+    "dynconv": ({"kernel_size": 7}, "u_dynconv_micro"),
+    "idynconv": ({"kernel_size": 7}, "u_idynconv_micro"),
+    "dma": ({}, "u_dma_micro"),
+    "dcn": ({"groups": 4}, "u_dcn_micro"),
+    "dwattn": ({"window_size": 7}, "u_dwattn_micro"),
+    "dwnet": ({"kernel_size": 7}, "dwnet_tiny"),
+    "pooling": ({}, "u_pool_micro"),
+    "identity": ({}, "u_identity_micro"),
 }
 
 
-def time_block(name: str, args: dict, b: int, c: int, s: int, heads: int, repeats: int) -> float:
+def median_time(step: Callable[[], None], repeats: int) -> float:
+    step()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n**3 / median_time(lambda: torch.mm(a, b), repeats) / 1e9
+
+
+def block_case(name: str, args: dict, repeats: int) -> tuple[float, int]:
+    b, c, s, heads = 8, 96, 56, 3
     ctx = MixerContext(dim=c, num_heads=heads, stage=0, index=0, resolution=(s, s))
     block = MetaBlock(c, build_mixer(name, ctx, **args), layer_scale=1e-6)
     x = torch.randn(b, s, s, c, requires_grad=True)
-    times = []
-    for i in range(repeats + 1):
-        t = time.perf_counter()
-        block(x).square().mean().backward()
-        if i:
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    macs = complexity(block, input_size=(s, s, c)).macs * b
+    return median_time(lambda: block(x).square().mean().backward(), repeats), macs
+
+
+def model_case(name: str, mixer: str, img: int, chans: int, batch: int, classes: int,
+               repeats: int) -> tuple[float, int]:
+    kw = {"img_size": img, "in_chans": chans, "num_classes": classes}
+    if mixer == "attention":
+        kw["mixer"] = {"name": "attention"}
+    model = create_model(name, **kw)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x, y = torch.randn(batch, chans, img, img), torch.randint(0, classes, (batch,))
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    macs = complexity(name, input_size=(chans, img, img), num_classes=classes,
+                      **{k: v for k, v in kw.items() if k == "mixer"}).macs * batch
+    return median_time(step, repeats), macs
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--dim", type=int, default=96)
-    p.add_argument("--size", type=int, default=56)
-    p.add_argument("--heads", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--only", nargs="*", help="subset of mixer names")
+    p.add_argument("--skip-models", action="store_true", help="only the block measurement")
     p.add_argument("--csv")
     a = p.parse_args()
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; "
-          f"torch {torch.__version__}; B={a.batch} C={a.dim} {a.size}x{a.size} heads={a.heads}, fp32, "
-          f"median of {a.repeats} after 1 warm-up")
-    print("| mixer | fwd+bwd (s) |\n|---|---|")
+    torch.set_num_threads(a.threads)
+    peak0 = matmul_peak()
     rows = []
-    for label, (name, args) in CASES.items():
-        if a.only and name not in a.only:
+    for mixer, (args, model) in CASES.items():
+        if a.only and mixer not in a.only:
             continue
-        t = time_block(name, args, a.batch, a.dim, a.size, a.heads, a.repeats)
-        rows.append({"mixer": label, "name": name, "seconds": round(t, 4)})
-        print(f"| {label} | {t:.3f} |", flush=True)
+        cases = {"block": lambda args=args, mixer=mixer: block_case(mixer, args, a.repeats)}
+        if not a.skip_models and model.startswith("u_"):
+            cases["micro@32"] = lambda model=model, mixer=mixer: model_case(model, mixer, 32, 1, 128, 10, a.repeats)
+            cases["micro@224"] = lambda model=model, mixer=mixer: model_case(model, mixer, 224, 3, 8, 1000, a.repeats)
+        row: dict = {"mixer": mixer, "model": model}
+        for case, run in cases.items():
+            seconds, macs = run()
+            row[f"{case} s"] = round(seconds, 4)
+            row[f"{case} GFLOP/s"] = round(6 * macs / seconds / 1e9, 2)
+        rows.append(row)
+        print(row, flush=True)
+    peak1 = matmul_peak()
+    peak = statistics.mean([peak0, peak1])
+    print(f"\nmachine: {platform.processor() or platform.machine()}, {a.threads} threads, torch {torch.__version__}; "
+          f"fp32 matmul peak (2048^3 mm): {peak0:.1f} GFLOP/s before, {peak1:.1f} after; "
+          f"training step = fwd + loss + bwd (models: + AdamW), median of {a.repeats} after 1 warm-up; "
+          "GFLOP/s = 6 x counted forward MACs / s; % = of the mean peak")
+    cases = ["block", "micro@32", "micro@224"]
+    print("| mixer | " + " | ".join(f"{c} s | {c} GFLOP/s (% peak)" for c in cases) + " |")
+    print("|---|" + "---:|---:|" * len(cases))
+    for r in rows:
+        cells = [f"{r[f'{c} s']:.3f} | {r[f'{c} GFLOP/s']:.1f} ({100 * r[f'{c} GFLOP/s'] / peak:.0f}%)"
+                 if f"{c} s" in r else "- | -" for c in cases]
+        print(f"| {r['mixer']} | " + " | ".join(cells) + " |")
     if a.csv:
         with open(a.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r}, key=str))
             w.writeheader()
             w.writerows(rows)
 
