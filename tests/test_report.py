@@ -381,6 +381,17 @@ def test_findings_say_when_a_difference_is_not_a_finding(tmp_path: Path) -> None
     assert kendall_tau([3, 2, 1], [30, 20, 10]) == 1.0 and kendall_tau([1, 2], [2, 1]) == -1.0
 
 
+def test_the_identity_floor_finding(tmp_path: Path) -> None:
+    spec = {**SPEC, "models": {"mixers": ["u_convnext_micro", "u_identity_micro"]}, "analyses": [],
+            "mixer_analyses": []}
+    spec.pop("stability")
+    curves = {"u_convnext_micro": CURVES["u_convnext_micro"], "u_identity_micro": ([40, 45, 48, 50], [41, 46, 49, 52])}
+    data = StudyData.load(make_study(tmp_path / "floor", spec, curves=curves))
+    (floor,) = [f for f in findings(data, model_rows(data)) if f.title.startswith("What the macro-architecture")]
+    assert floor.verdict == "agrees" and "u_convnext_micro, 66.50 ± 0.71 (n=2): +15.50 pp" in floor.result
+    assert "1 of 1 mixers end above the identity floor" in floor.result and "STM-Evaluation" in (floor.claim or "")
+
+
 def test_failed_run_and_analysis_in_failures(tmp_path: Path) -> None:
     d = make_study(tmp_path, fail={("u_halo_micro", 1): "RuntimeError: synthetic out of memory | at step 3"})
     write_report(d)

@@ -419,7 +419,39 @@ def best_model_finding(data: StudyData, rows: list[ModelRow]) -> list[Finding]:
     return [Finding("Best model in the table", text, None, "info", budget(data, rows))]
 
 
+# ---- what the macro-architecture does alone ----------------------------------------------------------------------
+BASELINE_CLAIM = ("STM-Evaluation (2022): with one macro-architecture and recipe, engineering explains much of the "
+                  "gains claimed for new mixers, but gaps between mixers remain; the identity mixer (no spatial "
+                  "mixing, SPEC 5.8) is the floor that measures what the architecture does alone.")
+
+
+def baseline_finding(data: StudyData, rows: list[ModelRow]) -> list[Finding]:
+    """How far the best spatial mixer is above the identity mixer in the same macro-architecture."""
+    done = [r for r in rows if r.values["top1_mean"] is not None]
+    floor = [r for r in done if r.mixers and all(n == "identity" for n, _ in r.mixers)]
+    mixers = [r for r in done if not any(n == "identity" for n, _ in r.mixers)]
+    if not floor or not mixers:
+        return []
+    base = floor[0]
+    best = max(mixers, key=lambda r: r.values["top1_mean"])
+    status, clause = compare(best.values["top1"], base.values["top1"])
+    gap = best.values["top1_mean"] - base.values["top1_mean"]
+    above = sum(r.values["top1_mean"] > base.values["top1_mean"] for r in mixers)
+    text = (f"Identity (no spatial mixing) {pm(base.values['top1'])}; the best mixer, {best.label}, "
+            f"{pm(best.values['top1'])}: {gap:+.2f} pp, {clause}. {above} of {len(mixers)} mixers end above "
+            "the identity floor.")
+    areas = {round(r.values["erf99"], 3) for r in done if r.values.get("erf99") is not None}
+    areas50 = {round(r.values["erf50"], 3) for r in done if r.values.get("erf50") is not None}
+    if len(done) > 2 and len(areas50) == 1 and len(areas) == 1:
+        text += (" Every model has the same last-stage ERF area (50% / 99%), so at this budget the receptive "
+                 "field is set by the shared skeleton (stem and downsampling), not by the mixers.")
+    # "gaps between mixers remain": a mixer above the floor beyond the seed spread agrees; all below it disagrees
+    verdict = "inconclusive" if status != "separated" else "agrees" if gap > 0 else "disagrees"
+    return [Finding("What the macro-architecture does alone (identity floor)", text, BASELINE_CLAIM, verdict,
+                    budget(data, rows))]
+
+
 def findings(data: StudyData, rows: list[ModelRow]) -> list[Finding]:
     """Every finding the store supports, in the report's order."""
-    return (best_model_finding(data, rows) + activation_findings(data, rows) + stability_findings(data, rows)
-            + property_findings(data) + stm_findings(data, rows))
+    return (best_model_finding(data, rows) + baseline_finding(data, rows) + activation_findings(data, rows)
+            + stability_findings(data, rows) + property_findings(data) + stm_findings(data, rows))
