@@ -163,7 +163,7 @@ def make_study(root: Path, spec: dict[str, Any] = SPEC, *, curves: dict[str, tup
     for i, job in enumerate(table):
         if finish_train is not None and i >= finish_train:
             continue
-        store.start(job, "test")
+        store.start(job)
         err = fail.get((label(job), job.seed))
         res = train_result(job, [] if err else curves[label(job)][job.seed or 0], "failed" if err else "completed",
                            err)
@@ -175,7 +175,7 @@ def make_study(root: Path, spec: dict[str, Any] = SPEC, *, curves: dict[str, tup
         for job in sweep:
             key = (job.model or "", job.payload["opt"])
             k = counters[key] = counters.get(key, -1) + 1
-            store.start(job, "test")
+            store.start(job)
             store.finish(job, train_result(job, [100.0 - SWEEP[key][k]]))
     if analyses:
         for job in (j for j in study.jobs if j.kind == "analysis"):
@@ -191,7 +191,7 @@ def make_study(root: Path, spec: dict[str, Any] = SPEC, *, curves: dict[str, tup
                    "erf": lambda a=arch, s=seed: erf_record(a[4][s]),
                    "invariance": lambda a=arch: invariance_record(a[5], a[6]),
                    "properties": lambda: PROPERTIES, "dynconv": lambda: DYNCONV}[job.name]()
-            store.start(job, "test")
+            store.start(job)
             store.finish(job, {"status": "completed", "record": rec, "wall_s": 1.0})
     if derived:
         runs = {r["id"]: r for r in store.runs()}

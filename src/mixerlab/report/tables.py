@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..study.spec import arg_text, model_label, run_label
 from ..study.store import Store
 
 STABILITY = "stability"
@@ -107,13 +108,6 @@ def as_data(source: StudyData | Store | str | Path) -> StudyData:
 # ---- small helpers -----------------------------------------------------------------------------------------------
 def canon(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str)
-
-
-def short(v: Any) -> str:
-    """A model argument as it reads in a label: a mixer spec by its name, lists without spaces."""
-    if isinstance(v, dict) and "name" in v:
-        return str(v["name"])
-    return str(v).replace(" ", "")
 
 
 def mean_std(xs: Iterable[float]) -> tuple[float | None, float | None]:
@@ -225,19 +219,15 @@ def first_epoch_at(epochs: list[dict[str, Any]], target: float) -> int | None:
 
 def run_name(run: dict[str, Any]) -> str:
     """A run as the failures list names it: model, arguments, seed; a sweep run adds optimiser, lr, wd, epochs."""
-    args = " ".join(f"{k}={short(v)}" for k, v in sorted((run.get("model_args") or {}).items()))
-    text = f"{run.get('model')} {args}".strip()
-    c = run.get("config") or {}
-    if STABILITY in run.get("groups", []) and c:
-        text += f" {c.get('opt')} lr={c.get('lr', 0):.3g} wd={c.get('weight_decay', 0):.3g} {c.get('epochs')} ep"
+    text = run_label(str(run.get("model")), run.get("model_args") or {}, run.get("groups", []),
+                     run.get("config") or {})
     return f"{text} (seed {run.get('seed')})"
 
 
 def analysis_name(a: dict[str, Any]) -> str:
     if a.get("model"):
-        args = " ".join(f"{k}={short(v)}" for k, v in sorted((a.get("model_args") or {}).items()))
         seed = f" (seed {a['seed']})" if a.get("seed") is not None else ""
-        return f"{a['name']}: {a['model']} {args}".strip() + seed
+        return f"{a['name']}: {model_label(a['model'], a.get('model_args') or {})}" + seed
     extra = (a.get("args") or {}).get("group")
     return f"{a['name']}" + (f" ({extra})" if extra else "")
 
@@ -298,8 +288,7 @@ def _group_runs(data: StudyData) -> list[ModelRow]:
     out = list(rows.values())
     # Label: model and its arguments, plus the recipe keys in which rows of the same model differ.
     for row in out:
-        args = " ".join(f"{k}={short(v)}" for k, v in sorted(row.model_args.items()))
-        row.label = f"{row.model} {args}".strip()
+        row.label = model_label(row.model, row.model_args)
     by_label: dict[str, list[ModelRow]] = {}
     for row in out:
         by_label.setdefault(row.label, []).append(row)
@@ -308,7 +297,7 @@ def _group_runs(data: StudyData) -> list[ModelRow]:
             keys = sorted(k for k in set().union(*(r.recipe for r in same))
                           if len({canon(r.recipe.get(k)) for r in same}) > 1)
             for r in same:
-                r.label += " [" + ", ".join(f"{k}={short(r.recipe.get(k))}" for k in keys) + "]"
+                r.label += " [" + ", ".join(f"{k}={arg_text(r.recipe.get(k))}" for k in keys) + "]"
     return out
 
 

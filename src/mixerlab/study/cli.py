@@ -26,18 +26,20 @@ from .store import Store
 
 STUDY_HELP = "run a study (a spec of models x seeds x analyses) and report it; status and export its results"
 REPORT_HELP = "write report.html and report.md of a study directory"
-# Shipped specs: the repository's configs/studies/ (an editable install or a checkout), or ./configs/studies/.
-SHIPPED = (Path.cwd() / "configs" / "studies", Path(__file__).resolve().parents[3] / "configs" / "studies")
+def shipped() -> tuple[Path, Path]:
+    """Where shipped specs live: ./configs/studies/, then the repository's (an editable install or a checkout)."""
+    return Path.cwd() / "configs" / "studies", Path(__file__).resolve().parents[3] / "configs" / "studies"
 
 
 def find_spec(spec: str) -> Path:
     p = Path(spec)
     if p.is_file():
         return p
-    for root in SHIPPED:
+    roots = shipped()
+    for root in roots:
         if (root / f"{spec}.yaml").is_file():
             return root / f"{spec}.yaml"
-    names = sorted({q.stem for root in SHIPPED if root.is_dir() for q in root.glob("*.yaml")})
+    names = sorted({q.stem for root in roots if root.is_dir() for q in root.glob("*.yaml")})
     raise ConfigError(f"SPEC={spec!r} is invalid: not a file and not a shipped study ({names})")
 
 

@@ -139,7 +139,6 @@ class RayExecutor:
             # address None: start a local cluster sized to this machine; "auto" or host:port: join one.
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      runtime_env={"env_vars": {"OMP_NUM_THREADS": str(max(1, int(cpus)))}})
-        self.owns = True
         self.study_dir = study_dir
         self.cpus, self.gpus = cpus, gpus
         total = int(ray.cluster_resources().get("CPU", 1) // max(cpus, 1e-9))

@@ -31,7 +31,7 @@ import yaml
 from ..errors import ConfigError, check_choice, check_int
 from ..train.checkpoint import atomic_write
 from .executors import Executor, LocalExecutor, RayExecutor, cores
-from .spec import Job, Study, resources, stability_spec
+from .spec import Job, Study, resources
 from .store import DONE, Store
 from .worker import run_dir
 
@@ -176,7 +176,7 @@ def _loop(todo: list[Job], status: dict[str, str | None], store: Store, ex: Exec
             bad = next(d for d in j.after if status.get(d) in ("failed", "diverged", "skipped"))
             result = {"status": "skipped", "error": f"needs run {bad}, which {status[bad]}"}
             pending.remove(j)
-            store.start(j, "-")
+            store.start(j)
             store.finish(j, result)
             status[j.id] = "skipped"
             progress.finished(j, result)
@@ -207,7 +207,7 @@ def _loop(todo: list[Job], status: dict[str, str | None], store: Store, ex: Exec
 
 def _start(job: Job, store: Store, ex: Executor, threads: int, pending: list[Job],
            status: dict[str, str | None]) -> None:
-    store.start(job, "local")
+    store.start(job)
     ex.submit(job, threads)
     pending.remove(job)
     status[job.id] = "running"
@@ -229,7 +229,7 @@ def _derive(study: Study, store: Store, out: Path) -> None:
             if dirs:
                 rec = convergence(dirs, target, figures=False).to_dict()
                 store.put_derived(job_id, "convergence", args, rec)
-    spec = stability_spec(study)
+    spec = study.stability
     if spec is not None:
         rows = [r for r in runs if "stability" in r["groups"]]
         records = [RunRecord.from_dict(r["record"]) for r in rows if r["record"]]

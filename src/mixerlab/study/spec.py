@@ -95,16 +95,29 @@ class Job:
 
     @property
     def label(self) -> str:
-        args = " ".join(f"{k}={_short(v)}" for k, v in sorted(self.model_args.items()))
-        if self.kind == "train" and "stability" in self.groups:  # sweep runs differ in their optimiser settings
-            p = self.payload
-            args = f"{args} {p['opt']} lr={p['lr']:.3g} wd={p['weight_decay']:.3g} {p['epochs']} ep".strip()
-        base = self.model or self.name
-        return f"{base} {args}".strip() if self.kind == "train" else f"{self.name}: {base} {args}".strip()
+        if self.kind == "train":
+            return run_label(self.model or "", self.model_args, self.groups, self.payload)
+        return f"{self.name}: {model_label(self.model or self.name, self.model_args)}"
 
 
-def _short(v: Any) -> str:
-    return v["name"] if isinstance(v, dict) and "name" in v else str(v).replace(" ", "")
+def arg_text(v: Any) -> str:
+    """An argument as labels show it: a mixer spec by its name, anything else without spaces."""
+    return str(v["name"]) if isinstance(v, dict) and "name" in v else str(v).replace(" ", "")
+
+
+def model_label(model: str, model_args: dict[str, Any]) -> str:
+    """How studies and reports name a model: ``u_swin_micro attn_act=relu`` (arguments sorted)."""
+    return " ".join([model, *(f"{k}={arg_text(v)}" for k, v in sorted(model_args.items()))]).strip()
+
+
+def run_label(model: str, model_args: dict[str, Any], groups: Any, config: dict[str, Any]) -> str:
+    """:func:`model_label`; a stability-sweep run (its runs differ in the optimiser settings of ``config``, a
+    TrainConfig dict) adds the optimiser, lr, wd and epochs."""
+    text = model_label(model, model_args)
+    if "stability" in groups and config:
+        text += (f" {config.get('opt')} lr={config.get('lr', 0):.3g} wd={config.get('weight_decay', 0):.3g} "
+                 f"{config.get('epochs')} ep")
+    return text
 
 
 @dataclass
@@ -117,6 +130,7 @@ class Study:
     profile: str | None
     base: TrainConfig
     jobs: list[Job] = field(default_factory=list)
+    stability: Any = None  # the StabilitySpec of the sweep, or None
 
     def job(self, job_id: str) -> Job:
         return next(j for j in self.jobs if j.id == job_id)
@@ -240,7 +254,7 @@ def _expand(spec: dict[str, Any], profile: str | None, root: Path) -> Study:
         raise bad("models", spec.get("models"), "at least one model (or a stability sweep or mixer analyses)")
     resolved = {**spec, "seeds": seeds}
     return Study(name=name, description=description.strip(), spec=resolved, profile=profile, base=base,
-                 jobs=[jobs[i] for i in order])
+                 jobs=[jobs[i] for i in order], stability=stability)
 
 
 def _recipe(spec: dict[str, Any], root: Path) -> TrainConfig:
@@ -268,9 +282,7 @@ def _recipe(spec: dict[str, Any], root: Path) -> TrainConfig:
     overrides = {**recipe, **{f"data.{k}": v for k, v in data.items()}}
     try:
         cfg = TrainConfig.from_sources(path, overrides)
-    except ConfigError as e:
-        raise SpecError(f"recipe / data: {e}") from e
-    except TypeError as e:
+    except (ConfigError, TypeError) as e:  # TypeError: a field of the wrong kind reaching a dataclass
         raise SpecError(f"recipe / data: {e}") from e
     return cfg
 
@@ -449,7 +461,3 @@ def _stability(raw: Any, base: TrainConfig) -> Any:
         raise SpecError(f"stability.{e}") from e
     return spec
 
-
-def stability_spec(study: Study) -> Any:
-    """The :class:`~mixerlab.analysis.stability.StabilitySpec` of the study, or None."""
-    return _stability(study.spec.get("stability"), study.base)

@@ -114,10 +114,10 @@ class Store:
             for table in ("runs", "analyses"):
                 db.execute(f"UPDATE {table} SET status = 'pending' WHERE status = 'running'")
 
-    def start(self, job: Job, host: str) -> None:
+    def start(self, job: Job) -> None:
         with self.transaction() as db:
-            db.execute(f"UPDATE {_table(job)} SET status = 'running', started_at = ?, host = ?, "
-                       "attempts = attempts + 1, error = NULL WHERE id = ?", (time.time(), host, job.id))
+            db.execute(f"UPDATE {_table(job)} SET status = 'running', started_at = ?, host = NULL, "
+                       "attempts = attempts + 1, error = NULL WHERE id = ?", (time.time(), job.id))
 
     def finish(self, job: Job, result: dict[str, Any]) -> None:
         """Record a job's outcome (``result`` from :func:`mixerlab.study.worker.execute`) in one transaction."""
@@ -129,9 +129,10 @@ class Store:
             if job.kind == "train":
                 rec = result.get("record") or {}
                 final = rec.get("final") or {}
-                db.execute("UPDATE runs SET status = ?, error = ?, finished_at = ?, wall_s = ?, model_config = ?, "
-                           "run_dir = ?, eval_top1 = ?, best_top1 = ?, final = ?, record = ? WHERE id = ?",
-                           (status, result.get("error"), now, result.get("wall_s"),
+                db.execute("UPDATE runs SET status = ?, error = ?, finished_at = ?, wall_s = ?, host = ?, "
+                           "model_config = ?, run_dir = ?, eval_top1 = ?, best_top1 = ?, final = ?, record = ? "
+                           "WHERE id = ?",
+                           (status, result.get("error"), now, result.get("wall_s"), result.get("host"),
                             json.dumps(rec.get("model_config")) if rec else None, result.get("run_dir"),
                             final.get("eval_top1"), rec.get("best_top1"), json.dumps(final),
                             json.dumps(rec) if rec else None, job.id))
@@ -139,9 +140,10 @@ class Store:
                 db.executemany("INSERT INTO epochs VALUES (?, ?, ?)",
                                [(job.id, int(m["epoch"]), json.dumps(m)) for m in result.get("epochs") or []])
             else:
-                db.execute("UPDATE analyses SET status = ?, error = ?, finished_at = ?, wall_s = ?, record = ? "
-                           "WHERE id = ?", (status, result.get("error"), now, result.get("wall_s"),
-                                            json.dumps(result["record"]) if result.get("record") else None, job.id))
+                db.execute("UPDATE analyses SET status = ?, error = ?, finished_at = ?, wall_s = ?, host = ?, "
+                           "record = ? WHERE id = ?",
+                           (status, result.get("error"), now, result.get("wall_s"), result.get("host"),
+                            json.dumps(result["record"]) if result.get("record") else None, job.id))
 
     def put_derived(self, job_id: str, name: str, args: dict[str, Any], record: dict[str, Any] | None,
                     status: str = "completed", error: str | None = None) -> None:
