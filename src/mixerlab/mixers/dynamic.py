@@ -83,19 +83,13 @@ def dynamic_depthwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None
     return y if bias is None else y + bias.view(1, -1, 1, 1)
 
 
-@register_notrace_function
-def kernel_side(weight: Tensor) -> int:
-    """K of per-position kernels ``(B, G, K*K, H, W)`` (a torch.fx leaf: Python arithmetic on a shape)."""
-    return math.isqrt(weight.shape[2])
-
-
 @register_notrace_function  # a torch.fx leaf: it crops by the map's size
 def inhomogeneous_depthwise_conv(x: Tensor, weight: Tensor) -> Tensor:
     """Per-position depth-wise conv: ``x`` (B, C, H, W), ``weight`` (B, G, K*K, H, W) with G | C,
     kernel taps in row-major order; channel c uses group c // (C / G). Only the taps that can reach the map
     are unfolded (:func:`reachable_taps`; the others meet padding only)."""
-    _, g, _, h, w = weight.shape
-    k = kernel_side(weight)
+    _, g, kk, h, w = weight.shape
+    k = math.isqrt(kk)
     weight = reachable_taps(weight.unflatten(2, (k, k)).movedim((2, 3), (-2, -1)), (h, w))  # (B, G, H, W, kh, kw)
     kh, kw = weight.shape[-2], weight.shape[-1]
     cols = F.unfold(x, (kh, kw), padding=(kh // 2, kw // 2)).unflatten(1, (g, -1, kh * kw))  # (B, G, C/G, kh*kw, HW)
