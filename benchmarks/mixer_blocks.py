@@ -22,42 +22,29 @@ import argparse
 import csv
 import platform
 import statistics
-import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from common import DIM, median_time, stage1_block
 
 from mixerlab import complexity, create_model
-from mixerlab.blocks import MetaBlock
-from mixerlab.mixers import MixerContext, build_mixer
 
-# mixer -> (args at the stage-1 shape, its unified micro model)
-CASES: dict[str, tuple[dict, str]] = {
-    "attention": ({}, "u_swin_micro"),  # the model with mixer={'name': 'attention'}
-    "window": ({"window_size": 7}, "u_swin_micro"),
-    "halo": ({"block_size": 7, "halo_size": 3}, "u_halo_micro"),
-    "sra": ({"sr_ratio": 8}, "u_pvt_micro"),
-    "dwconv": ({"kernel_size": 7}, "u_convnext_micro"),
-    "dynconv": ({"kernel_size": 7}, "u_dynconv_micro"),
-    "idynconv": ({"kernel_size": 7}, "u_idynconv_micro"),
-    "dma": ({}, "u_dma_micro"),
-    "dcn": ({"groups": 4}, "u_dcn_micro"),
-    "dwattn": ({"window_size": 7}, "u_dwattn_micro"),
-    "dwnet": ({"kernel_size": 7}, "dwnet_tiny"),
-    "pooling": ({}, "u_pool_micro"),
-    "identity": ({}, "u_identity_micro"),
+# mixer -> its unified micro model (the arguments at the stage-1 shape are common.STAGE1_ARGS)
+MODELS: dict[str, str] = {
+    "attention": "u_swin_micro",  # the model with mixer={'name': 'attention'}
+    "window": "u_swin_micro",
+    "halo": "u_halo_micro",
+    "sra": "u_pvt_micro",
+    "dwconv": "u_convnext_micro",
+    "dynconv": "u_dynconv_micro",
+    "idynconv": "u_idynconv_micro",
+    "dma": "u_dma_micro",
+    "dcn": "u_dcn_micro",
+    "dwattn": "u_dwattn_micro",
+    "dwnet": "dwnet_tiny",
+    "pooling": "u_pool_micro",
+    "identity": "u_identity_micro",
 }
-
-
-def median_time(step: Callable[[], None], repeats: int) -> float:
-    step()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
@@ -65,12 +52,11 @@ def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
     return 2 * n**3 / median_time(lambda: torch.mm(a, b), repeats) / 1e9
 
 
-def block_case(name: str, args: dict, repeats: int) -> tuple[float, int]:
-    b, c, s, heads = 8, 96, 56, 3
-    ctx = MixerContext(dim=c, num_heads=heads, stage=0, index=0, resolution=(s, s))
-    block = MetaBlock(c, build_mixer(name, ctx, **args), layer_scale=1e-6)
-    x = torch.randn(b, s, s, c, requires_grad=True)
-    macs = complexity(block, input_size=(s, s, c)).macs * b
+def block_case(name: str, repeats: int) -> tuple[float, int]:
+    b, s = 8, 56
+    block = stage1_block(name, s)
+    x = torch.randn(b, s, s, DIM, requires_grad=True)
+    macs = complexity(block, input_size=(s, s, DIM)).macs * b
     return median_time(lambda: block(x).square().mean().backward(), repeats), macs
 
 
@@ -104,10 +90,10 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     peak0 = matmul_peak()
     rows = []
-    for mixer, (args, model) in CASES.items():
+    for mixer, model in MODELS.items():
         if a.only and mixer not in a.only:
             continue
-        cases = {"block": lambda args=args, mixer=mixer: block_case(mixer, args, a.repeats)}
+        cases = {"block": lambda mixer=mixer: block_case(mixer, a.repeats)}
         if not a.skip_models and model.startswith("u_"):
             cases["micro@32"] = lambda model=model, mixer=mixer: model_case(model, mixer, 32, 1, 128, 10, a.repeats)
             cases["micro@224"] = lambda model=model, mixer=mixer: model_case(model, mixer, 224, 3, 8, 1000, a.repeats)

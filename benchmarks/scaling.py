@@ -22,47 +22,23 @@ import argparse
 import math
 import platform
 import statistics
-import time
-from collections.abc import Callable
 
 import torch
+from common import DIM, median_time, stage1_block
 
-from mixerlab.blocks import MetaBlock
-from mixerlab.mixers import MixerContext, build_mixer
-
-# mixer -> (args, expected growth: "linear" | "quadratic" | "reported")
-CASES: dict[str, tuple[dict, str]] = {
-    "attention": ({}, "quadratic"),
-    "window": ({"window_size": 7}, "linear"),
-    "halo": ({"block_size": 7, "halo_size": 3}, "linear"),
-    "sra": ({"sr_ratio": 8}, "reported"),
-    "dwconv": ({"kernel_size": 7}, "linear"),
-    "dynconv": ({"kernel_size": 7}, "linear"),
-    "idynconv": ({"kernel_size": 7}, "linear"),
-    "dma": ({}, "linear"),
-    "dcn": ({"groups": 4}, "linear"),
-    "dwattn": ({"window_size": 7}, "linear"),
-    "pooling": ({}, "linear"),
-    "identity": ({}, "linear"),
+# mixer -> expected growth: "linear" | "quadratic" | "reported" (arguments: common.STAGE1_ARGS)
+EXPECTED: dict[str, str] = {
+    "attention": "quadratic", "window": "linear", "halo": "linear", "sra": "reported", "dwconv": "linear",
+    "dynconv": "linear", "idynconv": "linear", "dma": "linear", "dcn": "linear", "dwattn": "linear",
+    "pooling": "linear", "identity": "linear",
 }
 BOUNDS = {"linear": (-0.25, 0.35), "quadratic": (0.6, 1.5)}  # of the exponent relative to the identity block
 FIT_FROM = 256  # px: smaller maps are dominated by per-call overheads, not by the operator's growth
 
 
-def median_time(step: Callable[[], object], repeats: int) -> float:
-    step()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
-def block_time(name: str, args: dict, side: int, repeats: int) -> float:
-    ctx = MixerContext(dim=96, num_heads=3, stage=0, index=0, resolution=(side, side))
-    block = MetaBlock(96, build_mixer(name, ctx, **args), layer_scale=1e-6).eval()
-    x = torch.randn(1, side, side, 96)
+def block_time(name: str, side: int, repeats: int) -> float:
+    block = stage1_block(name, side).eval()
+    x = torch.randn(1, side, side, DIM)
     with torch.inference_mode():
         return median_time(lambda: block(x), repeats)
 
@@ -78,15 +54,16 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     sizes = sorted(a.sizes)
     results: dict[str, list[float]] = {}
-    for name, (args, _) in CASES.items():
+    for name in EXPECTED:
         if a.only and name not in a.only:
             continue
-        results[name] = [block_time(name, args, s // 4, a.repeats) for s in sizes]
+        results[name] = [block_time(name, s // 4, a.repeats) for s in sizes]
         print(name, [round(t * 1000, 2) for t in results[name]], flush=True)
     tokens = [(s // 4) ** 2 for s in sizes]
     if "identity" not in results:
-        results["identity"] = [block_time("identity", {}, s // 4, a.repeats) for s in sizes]
-    fit = [i for i, s in enumerate(sizes) if s >= FIT_FROM] or list(range(len(sizes)))
+        results["identity"] = [block_time("identity", s // 4, a.repeats) for s in sizes]
+    fit = [i for i, s in enumerate(sizes) if s >= FIT_FROM]
+    fit = fit if len(fit) >= 2 else list(range(len(sizes)))  # a slope needs two sizes
 
     def exponent(times: list[float]) -> float:  # least-squares slope of log(time / identity) on log(tokens)
         xs = [math.log(tokens[i]) for i in fit]
@@ -103,7 +80,7 @@ def main() -> None:
     failed = []
     for name, times in results.items():
         k = exponent(times)
-        expected = CASES[name][1] if name != "identity" else "reported"
+        expected = EXPECTED[name] if name != "identity" else "reported"
         lo, hi = BOUNDS.get(expected, (-math.inf, math.inf))
         ok = lo <= k <= hi
         if not ok:
@@ -123,7 +100,7 @@ def main() -> None:
         colours = [matplotlib.colormaps["tab20"](i / 20) for i in range(0, 20, 20 // max(1, len(results)) or 1)]
         for (name, times), colour in zip(results.items(), colours, strict=False):
             ax.loglog(sizes, [1 / t for t in times], marker="o", label=name, color=colour,
-                      linestyle="--" if CASES[name][1] == "quadratic" else "-")
+                      linestyle="--" if EXPECTED[name] == "quadratic" else "-")
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("input resolution (px; stage-1 map = side / 4)")
         ax.set_ylabel("blocks per second (batch 1)")

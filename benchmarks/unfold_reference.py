@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from common import STAGE1_ARGS, median_time
 from torch import Tensor
 
 from mixerlab.mixers import MixerContext, build_mixer
@@ -84,26 +83,15 @@ def halo_reference(m: HaloAttention, x: Tensor) -> Tensor:
 
 
 CASES: dict[str, tuple[str, dict, Callable[..., Tensor]]] = {
-    "dynconv": ("dynconv", {"kernel_size": 7}, dynconv_reference),
-    "idynconv": ("idynconv", {"kernel_size": 7}, idynconv_reference),
-    "dma": ("dma", {}, dma_reference),
-    "halo": ("halo", {"block_size": 7, "halo_size": 3}, halo_reference),
+    name: (name, STAGE1_ARGS[name], ref) for name, ref in (("dynconv", dynconv_reference),
+                                                          ("idynconv", idynconv_reference),
+                                                          ("dma", dma_reference), ("halo", halo_reference))
 }
 
 
 def build(name: str, args: dict, dim: int, heads: int, side: int,
           dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     return build_mixer(name, MixerContext(dim=dim, num_heads=heads, resolution=(side, side)), **args).to(dtype).eval()
-
-
-def median_time(step: Callable[[], None], repeats: int) -> float:
-    step()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main() -> None:
