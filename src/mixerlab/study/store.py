@@ -29,11 +29,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ..train.resume import FINAL
 from .spec import Job, Study
 
 DB = "study.db"
 STATUSES = ("pending", "running", "completed", "diverged", "failed", "skipped")
-DONE = ("completed", "diverged")  # final outcomes a rerun keeps; failed and skipped jobs are tried again
+DONE = FINAL  # the outcomes a rerun keeps (the rule of train.resume); failed and skipped jobs are tried again
 
 _COMMON = """id TEXT PRIMARY KEY, groups TEXT NOT NULL, model TEXT, model_args TEXT NOT NULL, seed INTEGER,
     status TEXT NOT NULL, error TEXT, attempts INTEGER NOT NULL DEFAULT 0, started_at REAL, finished_at REAL,

@@ -16,7 +16,6 @@ from .rundir import RunDir, RunRecord
 # Outcomes a rerun keeps: both are deterministic for a config (divergence included), so retraining would only
 # repeat them. A 'failed' run (an exception during training) is retried.
 FINAL = ("completed", "diverged")
-PLANS = ("fresh", "reuse", "resume", "restart", "clash")
 
 
 def run_plan(cfg: TrainConfig) -> str:
