@@ -358,6 +358,13 @@ def test_ctrl_c_stops_the_workers_and_the_next_run_resumes(reference, tmp_path):
         assert metrics_of(store) == want
 
 
+def test_reading_a_directory_that_holds_no_study_is_a_one_line_error(tmp_path, capsys):
+    for argv in (["study", "status", str(tmp_path)], ["report", str(tmp_path)],
+                 ["study", "export", str(tmp_path), "--format", "json"]):
+        assert main(argv) == 2
+        assert f"DIR='{tmp_path}' is invalid: it holds no study.db" in capsys.readouterr().err
+
+
 def test_a_second_runner_on_the_same_directory_is_refused(tmp_path):
     import fcntl
 

@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
 from ..train.resume import FINAL
 from .spec import Job, Study
 
@@ -58,8 +59,8 @@ class Store:
         self.path = Path(directory) / DB
         if readonly:
             if not self.path.is_file():
-                raise FileNotFoundError(f"{self.path} does not exist: not a study directory (run `mixerlab study "
-                                        "run SPEC --out DIR` first)")
+                raise ConfigError(f"DIR={str(directory)!r} is invalid: it holds no {DB}, so it is not a study "
+                                  "directory (run `mixerlab study run SPEC --out DIR` first)")
             self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
