@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import mixerlab
 from mixerlab import ConfigError
-from mixerlab.mixers import MixerContext, build_mixer
+from mixerlab.mixers import MixerContext, build_mixer, dynamic
 from mixerlab.mixers.dynamic import (
     DynamicDWConv2d,
     IDynamicDWConv2d,
@@ -87,7 +87,7 @@ def test_grouped_conv_fast_path_matches_per_sample_loop():
         assert_close64(a, e)
 
 
-def test_inhomogeneous_unfold_path_matches_explicit_loop():
+def test_inhomogeneous_shifted_taps_match_explicit_loop():
     torch.manual_seed(0)
     b, c, g, k, h, w = 2, 6, 2, 3, 5, 4
     x = torch.randn(b, c, h, w, dtype=torch.float64)
@@ -102,6 +102,20 @@ def test_inhomogeneous_unfold_path_matches_explicit_loop():
                         if 0 <= ii < h and 0 <= jj < w:
                             want[n, ch, i, j] += kern[n, ch // (c // g), t, i, j] * x[n, ch, ii, jj]
     assert_close64(inhomogeneous_depthwise_conv(x, kern), want)
+
+
+@pytest.mark.parametrize("b,kb,k,h,w,chunk", [
+    (3, 3, 3, 5, 4, 1 << 18),  # the whole batch in one chunk
+    (3, 3, 3, 5, 4, 40),  # one sample per chunk
+    (2, 1, 3, 4, 5, 1 << 18),  # a batch-1 kernel broadcast over the batch
+    (2, 2, 7, 2, 3, 1 << 18),  # a kernel larger than the map: only the reachable 3 x 5 taps are applied
+])
+def test_inhomogeneous_conv_hand_written_backward_passes_gradcheck(monkeypatch, b, kb, k, h, w, chunk):
+    monkeypatch.setattr(dynamic, "_CHUNK_ELEMENTS", chunk)
+    torch.manual_seed(0)
+    x = torch.randn(b, 4, h, w, dtype=torch.float64, requires_grad=True)
+    kern = torch.randn(kb, 2, k * k, h, w, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(inhomogeneous_depthwise_conv, (x, kern))
 
 
 def test_dwnet_block_with_fixed_dynamic_kernel_equals_static_dwnet_block():

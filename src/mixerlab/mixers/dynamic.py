@@ -19,10 +19,9 @@ each of G groups, no bias::
     W = Conv1x1_{d/r -> G K^2}(ReLU(BN(Conv1x1_{d -> d/r}(x))))                       (B, G, K, K, H, W)
     y[b, c, h, w] = sum_{i,j} W[b, g(c), i, j, h, w] * x_pad[b, c, h + i, w + j],   g(c) = c // (d/G)
 
-It is applied with ``F.unfold`` (all K^2 neighbours of every position at once, then a weighted
-sum over the K^2 taps): forward+backward of the ``idynconv`` mixer at B=8, C=96, 56x56, K=7,
-G=32 on CPU took about 5 s against 14 s for a sum of K^2 weighted shifted views, at the price
-of a K^2-times larger temporary (B C K^2 H W values).
+It is applied as K^2 shifted multiply-accumulates into the output with a hand-written backward
+(``_ShiftedTaps``), a chunk of samples at a time so the chunk stays in cache: no K^2-times larger
+temporary (``F.unfold`` needs B C K^2 H W values), and 9x faster than unfolding at the tiny stage-1 shape.
 
 DWNet's released i-dynamic configs pass the Swin heads ([3, 6, 12, 24] for T, [4, 8, 16, 32]
 for B) as *channels per group*, so G = d / heads = 32 groups at every stage; ``groups=None``
@@ -46,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from ..errors import ConfigError
 from .base import Mixer, MixerContext, check_reduction, odd_kernel, positive_int
@@ -83,18 +83,72 @@ def dynamic_depthwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None
     return y if bias is None else y + bias.view(1, -1, 1, 1)
 
 
+# Elements (samples x channels x positions) per chunk of the CPU loop below: a chunk's input, output and
+# gradients (~1 MB each at fp32) stay in cache across the K^2 taps.
+_CHUNK_ELEMENTS = 1 << 18
+
+
+def _chunks(x: Tensor) -> list[slice]:
+    """Sample slices for the tap loop: on CPU, chunks of about ``_CHUNK_ELEMENTS``; elsewhere the whole batch
+    (one kernel launch per tap)."""
+    b, per_sample = x.shape[0], x[0].numel()
+    step = b if x.device.type != "cpu" else max(1, _CHUNK_ELEMENTS // max(per_sample, 1))
+    return [slice(i, min(i + step, b)) for i in range(0, b, step)]
+
+
+class _ShiftedTaps(torch.autograd.Function):
+    """``y = sum_t W_t * shift_t(x)`` over the kh x kw taps, as in-place multiply-accumulates into ``y``.
+
+    Hand-written because no library op applies per-position kernels (torchvision has none; ``F.unfold``
+    materialises K^2 copies of the map, B C K^2 H W values, and autograd of a shifted-view sum stores one
+    product per tap). Backward is the same loop: ``dx_pad[shift_t] += W_t * dy`` and
+    ``dW_t = sum_{c in group} dy * shift_t(x)``. Measured at B 8, C 96, 56x56, K 7, 32 groups, 2 threads:
+    forward + backward 0.17 s against 1.58 s for the unfold form (forward alone 0.03 vs 0.39 s)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor) -> Tensor:  # x (B, C, H, W), weight (B, G, kh, kw, H, W)
+        b, c, h, w = x.shape
+        g, kh, kw = weight.shape[1], weight.shape[2], weight.shape[3]
+        # Row-major copies: the 1x1 convs hand over channels-last maps, whose per-tap slices would stride by C.
+        x, weight = x.contiguous(), weight.to(x.dtype, memory_format=torch.contiguous_format)
+        x_pad = F.pad(x, (kw // 2, kw // 2, kh // 2, kh // 2)).unflatten(1, (g, c // g))  # (B, G, C/G, H', W')
+        y = x.new_zeros(b, g, c // g, h, w)
+        for s in _chunks(x):
+            ys, xs, ws = y[s], x_pad[s], weight[s, :, None]
+            for i in range(kh):
+                for j in range(kw):
+                    ys.addcmul_(xs[..., i:i + h, j:j + w], ws[:, :, :, i, j])
+        ctx.save_for_backward(x_pad, weight)
+        return y.flatten(1, 2)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor, Tensor]:
+        x_pad, weight = ctx.saved_tensors
+        kh, kw, h, w = weight.shape[2:]
+        grad_y = grad_y.contiguous().unflatten(1, x_pad.shape[1:3])
+        grad_x = torch.zeros_like(x_pad)
+        grad_w = torch.empty_like(weight)
+        for s in _chunks(grad_y):
+            gys, xs, ws, gxs = grad_y[s], x_pad[s], weight[s, :, None], grad_x[s]
+            for i in range(kh):
+                for j in range(kw):
+                    gxs[..., i:i + h, j:j + w].addcmul_(gys, ws[:, :, :, i, j])
+                    grad_w[s, :, i, j] = (gys * xs[..., i:i + h, j:j + w]).sum(2)
+        grad_x = grad_x[..., kh // 2:kh // 2 + h, kw // 2:kw // 2 + w].flatten(1, 2)
+        return grad_x, grad_w
+
+
 @register_notrace_function  # a torch.fx leaf: it crops by the map's size
 def inhomogeneous_depthwise_conv(x: Tensor, weight: Tensor) -> Tensor:
-    """Per-position depth-wise conv: ``x`` (B, C, H, W), ``weight`` (B, G, K*K, H, W) with G | C,
+    """Per-position depth-wise conv: ``x`` (B, C, H, W), ``weight`` (B or 1, G, K*K, H, W) with G | C,
     kernel taps in row-major order; channel c uses group c // (C / G). Only the taps that can reach the map
-    are unfolded (:func:`reachable_taps`; the others meet padding only)."""
-    _, g, kk, h, w = weight.shape
-    k = math.isqrt(kk)
-    weight = reachable_taps(weight.unflatten(2, (k, k)).movedim((2, 3), (-2, -1)), (h, w))  # (B, G, H, W, kh, kw)
-    kh, kw = weight.shape[-2], weight.shape[-1]
-    cols = F.unfold(x, (kh, kw), padding=(kh // 2, kw // 2)).unflatten(1, (g, -1, kh * kw))  # (B, G, C/G, kh*kw, HW)
-    taps = weight.flatten(-2).flatten(2, 3).transpose(-1, -2).unsqueeze(2)  # (B, G, 1, kh*kw, HW)
-    return (cols * taps).sum(3).flatten(1, 2).view_as(x)
+    are applied (:func:`reachable_taps`; the others meet padding only), each as one shifted multiply-accumulate
+    (:class:`_ShiftedTaps`). Differentiable once (no double backward)."""
+    k = math.isqrt(weight.shape[2])
+    weight = weight.unflatten(2, (k, k)).movedim((2, 3), (-2, -1))  # (B, G, H, W, K, K)
+    weight = reachable_taps(weight, x.shape[-2:]).movedim((-2, -1), (2, 3))  # (B, G, kh, kw, H, W)
+    return _ShiftedTaps.apply(x, weight.expand(x.shape[0], *weight.shape[1:]))  # a batch-1 kernel broadcasts
 
 
 class DynamicDWConv2d(nn.Module):
@@ -130,8 +184,14 @@ class IDynamicDWConv2d(nn.Module):
         self.conv2 = nn.Conv2d(hidden, groups * kernel_size**2, 1)
 
     def kernel(self, x: Tensor) -> Tensor:
-        """``(B, C, H, W) -> (B, G, K*K, H, W)``."""
-        return self.conv2(F.relu(self.bn(self.conv1(x)))).unflatten(1, (self.groups, self.kernel_size**2))
+        """``(B, C, H, W) -> (B, G, K*K, H, W)``, row-major."""
+        z = F.relu(self.bn(self.conv1(x))).flatten(2)  # (B, C/r, HW)
+        # conv2 as one batched matmul on the row-major map: its output is the G K^2-fold larger tensor, and
+        # mkldnn writes a 1x1 conv's output channels-last after the channels-last input (the tap loop would
+        # then stride by G K^2) or, on a row-major input, at 60% of the matmul's speed.
+        w2 = self.conv2.weight.flatten(1).expand(z.shape[0], -1, -1)
+        w = torch.baddbmm(self.conv2.bias[:, None], w2, z.contiguous())
+        return w.view(x.shape[0], self.groups, self.kernel_size**2, *x.shape[2:])
 
     def forward(self, x: Tensor) -> Tensor:
         return inhomogeneous_depthwise_conv(x, self.kernel(x))
