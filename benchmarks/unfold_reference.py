@@ -4,9 +4,11 @@
 
 Each reference computes the same function as the mixer's own operator by materialising every neighbourhood
 with ``F.unfold`` (im2col) and reducing it with a plain product and sum, the textbook way to write a
-spatially-varying or dynamic convolution. ``tests/test_unfold_reference.py`` checks in float64 that each
-reference equals the mixer; this script times both, forward + backward, at the tiny stage-1 shape (B 8,
-C 96, 56x56) and prints the speed-up (target: >= 2x). Covered: dynconv, idynconv, dma, halo. Not yet: dcn.
+spatially-varying or dynamic convolution; for dcn, whose points are deformed to fractional positions, by
+gathering each point's four bilinear corners from the flattened map instead (no ``grid_sample``).
+``tests/test_unfold_reference.py`` checks in float64 that each reference equals the mixer; this script times
+both, forward + backward, at the tiny stage-1 shape (B 8, C 96, 56x56) and prints the speed-up (target:
+>= 2x). Covered: dynconv, idynconv, dma, halo, dcn.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import Tensor
 
 from mixerlab.mixers import MixerContext, build_mixer
 from mixerlab.mixers.attend import activate
+from mixerlab.mixers.deformable import DeformableConv
 from mixerlab.mixers.dma import DMA
 from mixerlab.mixers.dynamic import DynamicDWConv, IDynamicDWConv
 from mixerlab.mixers.halo import HaloAttention
@@ -82,10 +85,39 @@ def halo_reference(m: HaloAttention, x: Tensor) -> Tensor:
     return m.proj(y)
 
 
+def dcn_reference(m: DeformableConv, x: Tensor) -> Tensor:
+    """``dcn``: every point's bilinear sample written out: the four corner pixels (floor, floor + 1) of its
+    deformed location gathered from the flattened value map with their bilinear weights, zero off the map
+    (``grid_sample``'s ``align_corners=False``, zero padding), then the point weights and the sum over P."""
+    b, h, w, c = x.shape
+    g, pp = m.groups, m.points.shape[0]
+    q = m.act(m.dw_norm(m.dw_conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)))
+    offsets = m.sampling_offsets(q).view(b, h, w, g, pp, 2).permute(0, 3, 4, 1, 2, 5)  # (B, G, P, H, W, 2)
+    weights = m.attention_weights(q).view(b, h * w, g, pp).softmax(-1).permute(0, 2, 3, 1)  # (B, G, P, H*W)
+    v = m.value_proj(x).view(b, h * w, g, c // g).permute(0, 2, 3, 1)  # (B, G, Cg, H*W)
+    ys, xs = torch.meshgrid(torch.arange(h, device=x.device, dtype=x.dtype),
+                            torch.arange(w, device=x.device, dtype=x.dtype), indexing="ij")
+    pts, s = m.points.to(x.dtype)[:, None, None, :], m.offset_scale  # (P, 1, 1, 2) as (dx, dy)
+    px = xs + s * (pts[..., 0] + offsets[..., 0])  # (B, G, P, H, W) sampling column, in pixels
+    py = ys + s * (pts[..., 1] + offsets[..., 1])  # sampling row
+    x0, y0 = px.floor(), py.floor()
+    fx, fy = px - x0, py - y0
+    sampled = 0
+    for cx, cy, wgt in ((x0, y0, (1 - fx) * (1 - fy)), (x0 + 1, y0, fx * (1 - fy)),
+                        (x0, y0 + 1, (1 - fx) * fy), (x0 + 1, y0 + 1, fx * fy)):
+        on_map = (cx >= 0) & (cx <= w - 1) & (cy >= 0) & (cy <= h - 1)
+        idx = (cy.clamp(0, h - 1) * w + cx.clamp(0, w - 1)).long().flatten(2)  # (B, G, P*H*W)
+        corner = v.gather(3, idx[:, :, None].expand(-1, -1, c // g, -1)).view(b, g, c // g, pp, h * w)
+        sampled = sampled + corner * (wgt * on_map).flatten(3)[:, :, None]  # (B, G, Cg, P, H*W)
+    y = (sampled * weights[:, :, None]).sum(3)  # (B, G, Cg, H*W)
+    return m.output_proj(y.permute(0, 3, 1, 2).reshape(b, h, w, c))
+
+
 CASES: dict[str, tuple[str, dict, Callable[..., Tensor]]] = {
     name: (name, STAGE1_ARGS[name], ref) for name, ref in (("dynconv", dynconv_reference),
                                                           ("idynconv", idynconv_reference),
-                                                          ("dma", dma_reference), ("halo", halo_reference))
+                                                          ("dma", dma_reference), ("halo", halo_reference),
+                                                          ("dcn", dcn_reference))
 }
 
 

@@ -40,3 +40,33 @@ def test_halo_reference_equals_the_mixer(act: str) -> None:
     x = torch.randn(2, 14, 14, 16, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(ref.halo_reference(m, x), m(x), rtol=1e-10, atol=1e-10)
+
+
+def randomise_dcn_(m: torch.nn.Module) -> torch.nn.Module:
+    """:func:`randomise_`, then offsets of a few pixels (std ~2): fractional locations, and many off the map at
+    the borders, so the explicit bilinear corners and their zero padding are exercised. Zero-initialised offsets
+    would sample integer pixels only, the kinks of bilinear sampling, where the offset gradient of
+    ``grid_sample`` is one-sided and the side depends on the rounding of its normalised coordinates."""
+    randomise_(m)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in (m.sampling_offsets.weight, m.sampling_offsets.bias):
+            torch.nn.init.normal_(p, std=1.0, generator=g)
+    return m
+
+
+@pytest.mark.parametrize("args", [ref.CASES["dcn"][1], {"groups": 2, "kernel_size": 5, "dilation": 2,
+                                                         "offset_scale": 0.5}])
+@pytest.mark.parametrize("hw", [(9, 13), (14, 14)])
+def test_dcn_reference_equals_the_mixer(args: dict, hw: tuple[int, int]) -> None:
+    m = randomise_dcn_(ref.build("dcn", args, 16, 2, hw[0], torch.float64))
+    x = torch.randn(2, *hw, 16, dtype=torch.float64, requires_grad=True)
+    q = m.act(m.dw_norm(m.dw_conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)))
+    assert 1 < m.sampling_offsets(q).std() < 4  # offsets of a few pixels
+    out, expected = ref.dcn_reference(m, x), m(x)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    r = torch.randn_like(out)
+    inputs = (x, *m.parameters())  # gradients through the values, the offsets and the point weights
+    grads = torch.autograd.grad((out * r).sum(), inputs), torch.autograd.grad((expected * r).sum(), inputs)
+    for got, want in zip(*grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
