@@ -191,7 +191,7 @@ class IDynamicDWConv2d(nn.Module):
         # then stride by G K^2) or, on a row-major input, at 60% of the matmul's speed.
         w2 = self.conv2.weight.flatten(1).expand(z.shape[0], -1, -1)
         w = torch.baddbmm(self.conv2.bias[:, None], w2, z.contiguous())
-        return w.view(x.shape[0], self.groups, self.kernel_size**2, *x.shape[2:])
+        return w.unflatten(-1, x.shape[2:]).unflatten(1, (self.groups, self.kernel_size**2))
 
     def forward(self, x: Tensor) -> Tensor:
         return inhomogeneous_depthwise_conv(x, self.kernel(x))
