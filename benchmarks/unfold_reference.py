@@ -91,7 +91,7 @@ def dcn_reference(m: DeformableConv, x: Tensor) -> Tensor:
     (``grid_sample``'s ``align_corners=False``, zero padding), then the point weights and the sum over P."""
     b, h, w, c = x.shape
     g, pp = m.groups, m.points.shape[0]
-    q = m.act(m.dw_norm(m.dw_conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)))
+    q = m.offset_query(x)
     offsets = m.sampling_offsets(q).view(b, h, w, g, pp, 2).permute(0, 3, 4, 1, 2, 5)  # (B, G, P, H, W, 2)
     weights = m.attention_weights(q).view(b, h * w, g, pp).softmax(-1).permute(0, 2, 3, 1)  # (B, G, P, H*W)
     v = m.value_proj(x).view(b, h * w, g, c // g).permute(0, 2, 3, 1)  # (B, G, Cg, H*W)

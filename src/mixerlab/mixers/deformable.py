@@ -145,9 +145,13 @@ class DeformableConv(Mixer):
                 nn.init.zeros_(layer.weight)
                 nn.init.zeros_(layer.bias)
 
+    def offset_query(self, x: Tensor) -> Tensor:
+        """The input of the offset and point-weight layers: depth-wise conv, LayerNorm, activation, ``(B, H, W, C)``."""
+        return self.act(self.dw_norm(self.dw_conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)))
+
     def forward(self, x: Tensor) -> Tensor:
         g, p = self.groups, self.points.shape[0]
-        q = self.act(self.dw_norm(self.dw_conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)))
+        q = self.offset_query(x)
         offsets = self.sampling_offsets(q).unflatten(-1, (g, p, 2))
         weights = self.attention_weights(q).unflatten(-1, (g, p)).softmax(-1)
         y = deform_aggregate(self.value_proj(x), offsets, weights, self.points, self.offset_scale)

@@ -186,11 +186,11 @@ class IDynamicDWConv2d(nn.Module):
     def kernel(self, x: Tensor) -> Tensor:
         """``(B, C, H, W) -> (B, G, K*K, H, W)``, row-major."""
         z = F.relu(self.bn(self.conv1(x))).flatten(2)  # (B, C/r, HW)
-        # conv2 as one batched matmul on the row-major map: its output is the G K^2-fold larger tensor, and
-        # mkldnn writes a 1x1 conv's output channels-last after the channels-last input (the tap loop would
-        # then stride by G K^2) or, on a row-major input, at 60% of the matmul's speed.
+        # conv2 as one batched matmul, whose output (the G K^2-fold larger tensor) is row-major: mkldnn writes a
+        # 1x1 conv's output channels-last after the channels-last input (the tap loop would then stride by
+        # G K^2) or, on a row-major input, at 60% of the matmul's speed.
         w2 = self.conv2.weight.flatten(1).expand(z.shape[0], -1, -1)
-        w = torch.baddbmm(self.conv2.bias[:, None], w2, z.contiguous())
+        w = torch.baddbmm(self.conv2.bias[:, None], w2, z)
         return w.unflatten(-1, x.shape[2:]).unflatten(1, (self.groups, self.kernel_size**2))
 
     def forward(self, x: Tensor) -> Tensor:
