@@ -23,10 +23,11 @@ from timm.layers.halo_attn import PosEmbedRel
 from mixerlab.config import MixerConfig
 from mixerlab.errors import ConfigError
 from mixerlab.mixers import MIXERS, MixerContext, build_mixer
+from mixerlab.mixers import halo as halo_module
 from mixerlab.mixers.attend import ATTN_ACTS, REGION_LOGIT, attend
 from mixerlab.mixers.attention import GlobalAttention
 from mixerlab.mixers.dwattn import DepthwiseAttention
-from mixerlab.mixers.halo import HaloAttention
+from mixerlab.mixers.halo import HaloAttention, halo_softmax
 from mixerlab.mixers.sra import SpatialReductionAttention
 from mixerlab.mixers.window import WindowAttention, fit_window
 
@@ -320,6 +321,43 @@ def test_halo_masks_padding_even_with_large_logits() -> None:
         m.kv.weight[:8] = -m.q.weight[..., None, None]
         x = 100 * F.normalize(torch.randn(8, dtype=torch.float64), dim=0) + torch.randn(1, 5, 5, 8, dtype=torch.float64)
         assert_close64(m(x), halo_as_global(m, MixerContext(dim=8, num_heads=1))(x))
+
+
+@pytest.mark.parametrize(("block", "halo", "res", "chunk_rows"), [
+    (3, 1, (6, 7), 100),  # several samples per chunk, a padded column of blocks
+    (3, 1, (6, 7), 2),  # both heads of one sample per chunk
+    (3, 1, (9, 6), 1),  # one block row per chunk
+    (2, 2, (5, 5), 1),  # a window of 6 over blocks of 2: gradients added back in 3 x 3 disjoint classes
+    (3, 0, (6, 6), 1),  # no halo: windows are the blocks
+])
+def test_halo_softmax_kernel_passes_gradcheck(monkeypatch, block: int, halo: int, res: tuple[int, int],
+                                              chunk_rows: int) -> None:
+    # The chunk size counts kernel elements; one block row holds gw * block^2 * win^2 of them.
+    win, gw = block + 2 * halo, -(-res[1] // block)
+    monkeypatch.setattr(halo_module, "_CHUNK_ELEMENTS", chunk_rows * gw * block ** 2 * win ** 2)
+    m = randomize_(HaloAttention(MixerContext(dim=4, num_heads=2, resolution=res), block_size=block, halo_size=halo))
+    q = torch.randn(2, *res, 4, dtype=torch.float64, requires_grad=True)
+    kv = torch.randn(2, *res, 8, dtype=torch.float64, requires_grad=True)
+
+    def fn(q: torch.Tensor, kv: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor) -> torch.Tensor:
+        return halo_softmax(q, kv, rel_h, rel_w, m.rel_index, block, halo, 2, 0.7)
+
+    assert torch.autograd.gradcheck(fn, (q, kv, m.rel_height, m.rel_width), fast_mode=True)
+
+
+@pytest.mark.parametrize("qkv_bias", [False, True])
+def test_halo_fused_and_explicit_paths_have_the_same_gradients(qkv_bias: bool) -> None:
+    fused = randomize_(HaloAttention(MixerContext(dim=8, num_heads=2, resolution=(9, 10)), qkv_bias=qkv_bias))
+    explicit = HaloAttention(MixerContext(dim=8, num_heads=2, resolution=(9, 10)), qkv_bias=qkv_bias, fused=False)
+    explicit.double().load_state_dict(fused.state_dict())
+    x = torch.randn(2, 9, 10, 8, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for m in (fused, explicit):
+        y = m(x)
+        grads.append((y, *torch.autograd.grad((y * torch.linspace(-1, 1, 8, dtype=y.dtype)).sum(),
+                                              [x, *m.parameters()])))
+    for got, want in zip(*grads, strict=True):
+        assert_close64(got, want)
 
 
 @pytest.mark.parametrize(("act", "fused"), PATHS)
