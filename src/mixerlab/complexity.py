@@ -127,6 +127,7 @@ def _numel(out: Any) -> int:
 def op_cost(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, int] | None:
     """``(MACs, activations)`` of one dispatched op, or None when the op is not counted."""
     packet = func.overloadpacket
+    kwargs = {k: v for k, v in kwargs.items() if k != "out"}  # out= variants (bmm.out): ``out`` is their result
     if packet in FORMULAS:
         res = FORMULAS[packet](*args, **kwargs, out=out)
         return res if isinstance(res, tuple) else (int(res), _numel(out))
