@@ -329,6 +329,7 @@ def test_halo_masks_padding_even_with_large_logits() -> None:
     (3, 1, (9, 6), 1),  # one block row per chunk
     (2, 2, (5, 5), 1),  # a window of 6 over blocks of 2: gradients added back in 3 x 3 disjoint classes
     (3, 0, (6, 6), 1),  # no halo: windows are the blocks
+    (3, 1, (2, 3), 100),  # one padded block (torch.fx traces this path for maps that fit in a block)
 ])
 def test_halo_softmax_kernel_passes_gradcheck(monkeypatch, block: int, halo: int, res: tuple[int, int],
                                               chunk_rows: int) -> None:

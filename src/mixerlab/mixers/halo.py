@@ -134,7 +134,9 @@ class _HaloSoftmax(torch.autograd.Function):
         d, nq, win = q.shape[-1], q.shape[-2], lh.shape[-1]
         windows = kv.unfold(1, win, block).unfold(2, win, block).permute(0, 3, 1, 2, 4, 5, 6)  # (B,h,gh,gw,2d,w,w)
         p = q.new_empty(*q.shape[:-1], win * win)
-        y = torch.empty_like(q)
+        # Contiguous: with one block per row or column, q's flatten is a view in q's permuted layout, which
+        # empty_like would copy and the chunks' .view(...) below could not fold.
+        y = torch.empty_like(q, memory_format=torch.contiguous_format)
         for c in _block_chunks(p):
             k_v = _gather(windows, c)
             pc = p[c].view(-1, nq, win * win)
@@ -163,7 +165,7 @@ class _HaloSoftmax(torch.autograd.Function):
         # of slack at the bottom / right for the last step (the 2 halo rows of padding fit in them).
         m = -(-win // block)
         grad_big = kv.new_zeros(n, (gh + m - 1) * block, (gw + m - 1) * block, *kv.shape[3:])
-        grad_q = torch.empty_like(q)
+        grad_q = torch.empty_like(q, memory_format=torch.contiguous_format)
         grad_lh, grad_lw = q.new_empty(*q.shape[:-1], win), q.new_empty(*q.shape[:-1], win)
         windows = kv.unfold(1, win, block).unfold(2, win, block).permute(0, 3, 1, 2, 4, 5, 6)
         for c in _block_chunks(p):
