@@ -7,7 +7,8 @@
 
 With ``norm1='ln', norm2='ln'`` it is the ViT / Swin / U-* block; with ``norm1='none',
 norm2='bn'`` and the ``dwnet`` mixer it is the DWNet block (Han et al., 2022). g1, g2 are
-LayerScale vectors when ``layer_scale`` is set. Before the first branch the block applies the
+LayerScale vectors when ``layer_scale`` is set; the MLP is timm's, with a chunked CPU path
+(:mod:`mixerlab.mlp`). Before the first branch the block applies the
 mixer's residual hook ``x = mixer.stream(x)`` (the identity except for PVT's ``sra``, whose stage
 position table joins the residual stream there, as in PVT), so the block reads no mixer internals.
 
@@ -18,10 +19,11 @@ position table joins the residual stream there, as in PVT), so the block reads n
 
 from __future__ import annotations
 
-from timm.layers import DropPath, Mlp
+from timm.layers import DropPath
 from torch import Tensor, nn
 
 from .layers import LayerScale, channels_last_norm
+from .mlp import ChunkedMlp
 
 
 def _scale(dim: int, init: float | None) -> nn.Module:
@@ -38,7 +40,7 @@ class MetaBlock(nn.Module):
         self.ls1 = _scale(dim, layer_scale)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = channels_last_norm(norm2, dim, norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.mlp = ChunkedMlp(dim, int(dim * mlp_ratio))
         self.ls2 = _scale(dim, layer_scale)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -54,7 +56,7 @@ class ConvNeXtBlock(nn.Module):
         super().__init__()
         self.mixer = mixer
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.mlp = ChunkedMlp(dim, int(dim * mlp_ratio))
         self.ls = _scale(dim, layer_scale)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from timm.layers import LayerNorm2d, LayerScale
 from torch import Tensor, nn
+from torch.fx import _symbolic_trace
+
+# torch.fx's own "am I being traced" test (newer torch splits out plain symbolic tracing from export).
+is_fx_tracing = getattr(_symbolic_trace, "is_fx_symbolic_tracing", _symbolic_trace.is_fx_tracing)
 
 
 class BatchNormLast(nn.BatchNorm2d):
@@ -28,4 +32,4 @@ def channels_last_norm(kind: str, dim: int, eps: float) -> nn.Module:
     return nn.Identity()
 
 
-__all__ = ["BatchNormLast", "LayerNorm2d", "LayerScale", "channels_last_norm"]
+__all__ = ["BatchNormLast", "LayerNorm2d", "LayerScale", "channels_last_norm", "is_fx_tracing"]

@@ -50,15 +50,12 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
-from torch.fx import _symbolic_trace
 
 from ..errors import ConfigError, check_int
+from ..layers import is_fx_tracing
 from .attend import AttentionInputs, attend, attention_weights, check_attn_act, scatter_dense
 from .base import Mixer, MixerContext, positive_int
 from .window import crop_like, pad_to_multiple, window_merge, window_positions
-
-# torch.fx's own "am I being traced" test (newer torch splits out plain symbolic tracing from export).
-is_fx_tracing = getattr(_symbolic_trace, "is_fx_symbolic_tracing", _symbolic_trace.is_fx_tracing)
 
 # Shape arithmetic lives in these functions, which torch.fx keeps as leaves (see mixers.window).
 
