@@ -112,6 +112,25 @@ def test_query_without_keys_gets_zero_weights(act: str) -> None:
     assert one_query(act, False, mask=torch.tensor([[False, False]])) == 0.0
 
 
+def test_learned_bias_in_training_takes_the_explicit_kernel_on_cpu(monkeypatch) -> None:
+    # CPU SDPA has no fused kernel for a bias that needs a gradient; attend() then computes the same
+    # function explicitly (values and the bias gradient checked in float64), and SDPA otherwise.
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    bias = torch.randn(1, 3, 5, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    mask = torch.rand(1, 1, 5, 5, generator=g) > 0.3
+    mask[..., 0] = True  # every query keeps a key
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(1) or sdpa(*a, **kw))
+    y = attend(q, k, v, bias=bias, mask=mask)
+    assert calls == []
+    with torch.no_grad():
+        assert_close64(y, attend(q, k, v, bias=bias, mask=mask))
+    assert calls == [1]
+    torch.autograd.gradcheck(lambda b: attend(q, k, v, bias=b, mask=mask), (bias,))
+
+
 # ---- window / halo attention reduce to global attention ------------------------------------------
 
 @pytest.mark.parametrize("act", ATTN_ACTS)

@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .attend import attend, attention_weights, check_attn_act
+from .attend import attend, attention_weights, check_attn_act, split_heads
 from .base import Mixer, MixerContext
 
 
@@ -45,8 +45,8 @@ class GlobalAttention(Mixer):
         return qkv.permute(2, 0, 3, 1, 4)
 
     def forward(self, x: Tensor) -> Tensor:
-        qkv = self._qkv(x)
-        y = attend(qkv[0], qkv[1], qkv[2], act=self.attn_act, scale=self.head_dim ** -0.5, fused=self.fused)
+        q, k, v = split_heads(self._qkv(x), 3)
+        y = attend(q, k, v, act=self.attn_act, scale=self.head_dim ** -0.5, fused=self.fused)
         return self.proj(y.transpose(1, 2).flatten(2)).reshape(x.shape)
 
     def aggregation_weights(self, x: Tensor) -> Tensor:
@@ -56,5 +56,5 @@ class GlobalAttention(Mixer):
         order (a grid's positions row-major, ``i = row * W + col``). With ``v`` the value heads ``(B, h, N, d)``
         (channels ``2C + n d .. 2C + (n + 1) d`` of ``qkv``), ``forward(x) = proj(merge_heads(A @ v))``.
         """
-        qkv = self._qkv(x)
-        return attention_weights(qkv[0], qkv[1], act=self.attn_act, scale=self.head_dim ** -0.5)
+        q, k, _ = split_heads(self._qkv(x), 3)
+        return attention_weights(q, k, act=self.attn_act, scale=self.head_dim ** -0.5)

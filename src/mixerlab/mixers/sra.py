@@ -42,7 +42,7 @@ from timm.layers import register_notrace_function, resample_abs_pos_embed_nhwc
 from torch import Tensor, nn
 
 from ..errors import ConfigError, check_choice, check_int, fail
-from .attend import attend, attention_weights, check_attn_act
+from .attend import attend, attention_weights, check_attn_act, split_heads
 from .base import Mixer, MixerContext
 from .window import pad_to_multiple
 
@@ -133,7 +133,8 @@ class SpatialReductionAttention(Mixer):
         else:
             xr = x.flatten(1, 2)
         kv = self.kv(xr).unflatten(-1, (2, nh, d)).permute(2, 0, 3, 1, 4)
-        return q, kv[0], kv[1]
+        k, v = split_heads(kv, 2)
+        return q, k, v
 
     def forward(self, x: Tensor) -> Tensor:
         q, k, v = self._qkv(x)

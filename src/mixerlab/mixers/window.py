@@ -45,7 +45,8 @@ from timm.layers import register_notrace_function
 from torch import Tensor, nn
 
 from ..errors import check_choice, check_int
-from .attend import AttentionInputs, attend, attention_weights, check_attn_act, scatter_dense
+from ..layers import is_fx_tracing
+from .attend import AttentionInputs, attend, attention_weights, check_attn_act, scatter_dense, split_heads
 from .base import Mixer, MixerContext
 
 
@@ -184,15 +185,20 @@ class WindowAttention(Mixer):
             xp = torch.roll(xp, shifts=(-self.shift[0], -self.shift[1]), dims=(1, 2))
         qkv = self.qkv(window_partition(xp, wh, ww)).unflatten(0, (x.shape[0], -1))  # (B, nW, N, 3C)
         qkv = qkv.unflatten(-1, (3, self.num_heads, self.head_dim)).permute(3, 0, 1, 4, 2, 5).flatten(2, 3)
-        keys = window_keys_on_map(x, self.window, self.shift)  # (nW, 1, 1, N)
-        bias = region = None
+        n_win = qkv.shape[2] // self.num_heads
+        bias = region = keys = None
+        # The padding mask only where the map needs padding (the same function: without padding it is all
+        # True), since SDPA then takes the additive mask alone; torch.fx traces the general case.
+        if is_fx_tracing() or x.shape[1] % wh or x.shape[2] % ww:
+            keys = self._per_head(window_keys_on_map(x, self.window, self.shift))  # (1, nW * h, 1, N)
         if self.relative_position_bias_table is not None:
             n = wh * ww
             table = self.relative_position_bias_table[self.relative_position_index.reshape(-1)]
-            bias = self._per_head(table.view(n, n, -1).permute(2, 0, 1).expand(keys.shape[0], -1, -1, -1))
+            bias = self._per_head(table.view(n, n, -1).permute(2, 0, 1).expand(n_win, -1, -1, -1))
         if self.shift != (0, 0):
             region = self._per_head(shift_regions(x, self.window, self.shift))
-        return AttentionInputs(qkv[0], qkv[1], qkv[2], bias, self._per_head(keys), region)
+        q, k, v = split_heads(qkv, 3)
+        return AttentionInputs(q, k, v, bias, keys, region)
 
     def forward(self, x: Tensor) -> Tensor:
         t = self._inputs(x)
