@@ -21,7 +21,7 @@ def _pair(c: int = 6, hidden: int = 10) -> tuple[Mlp, ChunkedMlp]:
 @pytest.fixture
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     # Every input takes the chunked path, 4 rows a chunk: several chunks and a short last one.
-    monkeypatch.setattr(mlp_module, "_MIN_HIDDEN_BYTES", 0)
+    monkeypatch.setattr(mlp_module, "_MIN_HIDDEN_BYTES", {"infer": 0, "train": 0})
     monkeypatch.setattr(mlp_module, "chunk_rows", lambda hidden, itemsize: 4)
 
 
@@ -47,10 +47,12 @@ def test_chunked_mlp_equals_timm_mlp_with_gradients(x_grad: bool) -> None:
 
 
 @pytest.mark.usefixtures("small_chunks")
+@pytest.mark.usefixtures("small_chunks")
 def test_chunked_mlp_inference_equals_timm_mlp() -> None:
     plain, chunked = _pair()
     x = torch.randn(3, 9, 6, dtype=torch.float64)
     with torch.inference_mode():
+        assert chunked._chunked(x)
         torch.testing.assert_close(chunked(x), plain(x), rtol=1e-12, atol=1e-12)
 
 
@@ -58,6 +60,10 @@ def test_chunked_path_is_taken_only_where_meant() -> None:
     m = ChunkedMlp(96, 384)
     assert m._chunked(torch.empty(8, 56, 56, 96))  # U-Swin / ConvNeXt stage 1 at batch 8: a 38 MB hidden
     assert not m._chunked(torch.empty(8, 28, 28, 96))  # 9.6 MB: plain
+    stage2, x2 = ChunkedMlp(192, 768), torch.empty(8, 28, 28, 192)  # 19 MB: chunked for inference only
+    assert not stage2._chunked(x2)
+    with torch.no_grad():
+        assert stage2._chunked(x2)
     assert not m._chunked(torch.empty(8, 56, 56, 96, device="meta"))  # complexity counting runs on meta
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not m._chunked(torch.empty(8, 56, 56, 96))

@@ -27,8 +27,10 @@ from .layers import is_fx_tracing
 
 # A chunk's hidden activation (rows x rC): L2-sized; e.g. 1024 rows of 384 floats.
 _CHUNK_BYTES = 3 << 19
-# Below this hidden size the plain module's tensors come from reused memory and chunking gains nothing.
-_MIN_HIDDEN_BYTES = 24 << 20
+# Below these hidden sizes chunking gains nothing (measured, 2 threads: inference gains 1.21x at 19 MB and
+# nothing at 10 MB; a train step gains 1.17x at 38 MB and loses 8% at 19 MB, where the plain module's
+# backward reuses memory its forward freed).
+_MIN_HIDDEN_BYTES = {"infer": 16 << 20, "train": 24 << 20}
 
 
 def chunk_rows(hidden: int, itemsize: int) -> int:
@@ -91,7 +93,9 @@ class ChunkedMlp(Mlp):
             return False
         if torch.is_autocast_enabled("cpu") or x.dtype != self.fc1.weight.dtype or self.fc1.bias is None:
             return False
-        return x.numel() // x.shape[-1] * self.fc1.out_features * x.element_size() >= _MIN_HIDDEN_BYTES
+        grad = torch.is_grad_enabled() and (x.requires_grad or self.fc1.weight.requires_grad)
+        hidden_bytes = x.numel() // x.shape[-1] * self.fc1.out_features * x.element_size()
+        return hidden_bytes >= _MIN_HIDDEN_BYTES["train" if grad else "infer"]
 
     def forward(self, x: Tensor) -> Tensor:
         if not self._chunked(x):
