@@ -1,12 +1,15 @@
 """mixerlab's rebuilds of timm models against the timm models themselves: throughput ratio per mode.
 
-    python benchmarks/peers.py [--batch-size 8 --img-size 224 --threads 2 --warmup 2 --reps 5] [--compile]
+    python benchmarks/peers.py [--batch-size 8 --img-size 224 --threads 2 --warmup 2 --reps 5] [--compile | --best]
                                [--only swin_tiny_ml ...] [--csv benchmarks/results.csv]
 
 For each pair of ``mixerlab.zoo.peers.TIMM_PEERS`` this is ``mixerlab bench MODEL --peer TIMM``: both models
 in one process, the same random batch, the same settings, repetitions alternating, and the ratio is the
-median of the paired throughput ratios mixerlab / timm (> 1: mixerlab faster). Rows are appended to the CSV;
-a Markdown table of the ratios (with the absolute medians of the same run for scale) is printed at the end.
+median of the paired throughput ratios mixerlab / timm (> 1: mixerlab faster). ``--compile`` compares compiled
+with compiled; ``--best`` mixerlab's best inference mode (torch.compile with inductor's freezing) with timm's
+eager default (``mixerlab bench MODEL --peer TIMM --compile --freeze --peer-eager --modes infer``). Rows are
+appended to the CSV; a Markdown table of the ratios (with the absolute medians of the same run for scale) is
+printed at the end.
 """
 
 from __future__ import annotations
@@ -25,21 +28,25 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--compile", action="store_true")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--compile", action="store_true", help="both models compiled")
+    mode.add_argument("--best", action="store_true", help="inference: mixerlab compiled and frozen, timm eager")
     p.add_argument("--only", nargs="*", choices=sorted(TIMM_PEERS), help="subset of the mixerlab models")
     p.add_argument("--csv", default=str(DEFAULT_CSV))
     a = p.parse_args()
-    lines = ["| mixerlab | timm | mode | compile | mixerlab / timm throughput (q1-q3) | ms/step mixerlab / timm | "
+    setting = "compiled+frozen vs eager" if a.best else ("compiled" if a.compile else "eager")
+    lines = ["| mixerlab | timm | mode | setting | mixerlab / timm throughput (q1-q3) | ms/step mixerlab / timm | "
              "load (1 min) |", "|---|---|---|---|---|---|---|"]
     for model, peer in TIMM_PEERS.items():
         if a.only and model not in a.only:
             continue
-        rec = benchmark(model, peer=peer, batch_size=a.batch_size, img_size=a.img_size, compile=a.compile,
+        rec = benchmark(model, peer=peer, batch_size=a.batch_size, img_size=a.img_size, compile=a.compile or a.best,
+                        freeze=a.best, peer_eager=a.best, modes=("infer",) if a.best else ("infer", "train"),
                         warmup=a.warmup, reps=a.reps, threads=a.threads)
         append_csv(rec, a.csv)
         for mode, r in rec.results.items():
             q = r["ratio"]
-            lines.append(f"| {model} | {peer} | {mode} | {a.compile} | {q['median']:.3f} ({q['q1']:.3f}-{q['q3']:.3f}) "
+            lines.append(f"| {model} | {peer} | {mode} | {setting} | {q['median']:.3f} ({q['q1']:.3f}-{q['q3']:.3f}) "
                          f"| {r['mixerlab']['ms_per_step']['median']:.0f} / {r['peer']['ms_per_step']['median']:.0f} "
                          f"| {rec.machine['load_1m']} -> {os.getloadavg()[0]:.2f} |")
             print(lines[-1], flush=True)

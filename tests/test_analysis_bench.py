@@ -83,8 +83,39 @@ def test_repetitions_alternate_between_the_models(monkeypatch):
     monkeypatch.setattr(bench, "build_peer", lambda name, **_: Logged("timm"))
     rec = benchmark(Logged("ml"), peer="resnet10t", **{**MICRO, "warmup": 2, "reps": 3}, modes=("infer",))
     # warm-up one model at a time, then the timed repetitions alternate
-    assert calls == ["ml", "ml", "timm", "timm"] + ["ml", "timm"] * 3
+    assert calls == ["ml", "ml", "timm", "timm", "ml", "timm", "timm", "ml", "ml", "timm"]  # warm-up, then ABBA
     assert "ratio" in rec.results["infer"]
+
+
+def test_best_mode_compiles_mixerlab_frozen_and_keeps_the_peer_eager(monkeypatch):
+    seen: list[tuple[str, bool]] = []  # (model, inductor's freezing flag when it ran)
+
+    class Tagged(nn.Module):
+        def __init__(self, tag: str) -> None:
+            super().__init__()
+            self.tag = tag
+            self.fc = nn.Linear(1, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append((self.tag, torch._inductor.config.freezing))
+            return self.fc(x.mean((1, 2, 3))[:, None])
+
+    class Compiled(nn.Module):  # stands for torch.compile's wrapper: tags the calls that went through it
+        def __init__(self, m: nn.Module) -> None:
+            super().__init__()
+            self.m = m
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.m.tag = "compiled " + self.m.tag.removeprefix("compiled ")
+            return self.m(x)
+
+    monkeypatch.setattr(bench, "build_peer", lambda name, **_: Tagged("timm"))
+    monkeypatch.setattr(torch, "compile", Compiled)
+    rec = benchmark(Tagged("ml"), peer="resnet10t", **MICRO, modes=("infer",), compile=True, freeze=True,
+                    peer_eager=True)
+    assert set(seen) == {("compiled ml", True), ("timm", True)}
+    assert not torch._inductor.config.freezing  # restored
+    assert (rec.settings["compile"], rec.settings["freeze"], rec.settings["peer_compile"]) == (True, True, False)
 
 
 def test_csv_appends_rows_with_settings(tmp_path, with_peer):
@@ -119,7 +150,10 @@ def test_fp16_on_cpu_is_refused_before_any_work(monkeypatch):
 @pytest.mark.parametrize("kwargs, field", [
     ({"precision": "fp8"}, "precision"), ({"modes": ("infer", "eval")}, "modes"), ({"modes": ()}, "modes"),
     ({"reps": 0}, "reps"), ({"warmup": 0}, "warmup"), ({"batch_size": 0}, "batch_size"),
-    ({"device": "tpu"}, "device"), ({"peer": "no_such_timm_model"}, "peer"), ({"img_size": 0}, "img_size")])
+    ({"device": "tpu"}, "device"), ({"peer": "no_such_timm_model"}, "peer"), ({"img_size": 0}, "img_size"),
+    ({"freeze": True, "modes": ("infer",)}, "freeze=True is invalid without compile"),
+    ({"compile": True, "freeze": True}, r"freeze=True is invalid with modes=\['infer', 'train'\]"),
+    ({"compile": True, "peer_eager": True}, "peer_eager")])
 def test_bad_settings_name_the_field(kwargs, field, monkeypatch):
     monkeypatch.setattr(bench, "resolve_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("built")))
     with pytest.raises(ConfigError, match=field):

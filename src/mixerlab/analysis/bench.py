@@ -9,13 +9,16 @@ synchronised on CUDA. Two modes:
 
 ``precision`` fp32, bf16 (autocast) or fp16 (autocast, CUDA only); ``channels_last`` converts model and input;
 ``compile`` wraps the model in ``torch.compile`` (compilation happens in the warm-up steps, whose first
-step's time is reported apart). Each repetition times one step; a model's result is the median step time
-with its quartiles and range.
+step's time is reported apart); ``freeze`` (inference only) compiles under inductor's freezing, which folds the
+parameters into the graph as constants and prepacks the weights for oneDNN: a deployment mode, since the
+compiled model no longer sees changes to its parameters. Each repetition times one step; a model's result is
+the median step time with its quartiles and range.
 
 With a ``peer`` (a timm model name) both models are built with the same input size, channels, classes and
-drop-path rate and measured in the same process, repetitions alternating (mixerlab, timm, mixerlab, ...), so
-that both see the same machine load; ``ratio`` is the median over repetitions of the paired throughput ratio
-mixerlab / timm (> 1: mixerlab is faster). That ratio is the figure to quote, not two absolute times.
+drop-path rate and measured in the same process, repetitions alternating (mixerlab, timm, timm, mixerlab, ...),
+so that both see the same machine load; ``peer_eager`` keeps the peer eager while mixerlab's model is compiled
+(mixerlab's best mode against timm's default one); ``ratio`` is the median over repetitions of the paired
+throughput ratio mixerlab / timm (> 1: mixerlab is faster). That ratio is the figure to quote, not two absolute times.
 
 Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` during a model's warm-up steps above what was
 allocated before them; on CPU, the process's peak resident set size during the warm-up steps above the
@@ -206,6 +209,17 @@ def summary(values: Sequence[float]) -> dict[str, float]:
 
 # ---- the benchmark -----------------------------------------------------------------------------------
 
+def _check_compile(compile: bool, freeze: bool, peer_eager: bool, peer: str | None, modes: Sequence[str]) -> None:
+    if freeze and not compile:
+        raise ConfigError("freeze=True is invalid without compile=True: freezing is a torch.compile (inductor) mode")
+    if freeze and "train" in modes:
+        raise ConfigError(f"freeze=True is invalid with modes={list(modes)!r}: frozen parameters cannot be trained; "
+                          "allowed: modes=['infer']")
+    if peer_eager and (peer is None or not compile):
+        raise ConfigError("peer_eager=True is invalid here: it keeps a peer eager while mixerlab's model is "
+                          "compiled, so it needs peer=... and compile=True")
+
+
 def _check(batch_size: int, img_size: int, in_chans: int, num_classes: int, precision: str, device: str,
            warmup: int, reps: int, modes: Sequence[str], threads: int | None) -> torch.device:
     for name, value, minimum in (("batch_size", batch_size, 1), ("img_size", img_size, 1), ("in_chans", in_chans, 1),
@@ -244,8 +258,9 @@ def build_peer(name: str, *, img_size: int, in_chans: int, num_classes: int, dro
 def benchmark(model_or_name: ModelSource, *, peer: str | None = None, batch_size: int = 8,
               img_size: int | None = None, in_chans: int | None = None, num_classes: int | None = None,
               precision: str = "fp32", channels_last: bool = False,
-              compile: bool = False, device: str = "cpu", warmup: int = 3, reps: int = 10,
-              modes: Sequence[str] = MODES, threads: int | None = None) -> BenchRecord:
+              compile: bool = False, freeze: bool = False, peer_eager: bool = False, device: str = "cpu",
+              warmup: int = 3, reps: int = 10, modes: Sequence[str] = MODES,
+              threads: int | None = None) -> BenchRecord:
     """Images/s, ms/step and peak memory of a model (a MixerNet, a registered name: built untrained at
     ``img_size`` / ``in_chans`` / ``num_classes``, or a run directory) in each of ``modes``, optionally against
     the timm model ``peer``; see the module docstring for the protocol. ``img_size`` / ``in_chans`` /
@@ -259,6 +274,7 @@ def benchmark(model_or_name: ModelSource, *, peer: str | None = None, batch_size
         num_classes = 1000 if num_classes is None else num_classes
     dev = _check(batch_size, 1 if img_size is None else img_size, 1 if in_chans is None else in_chans,
                  1 if num_classes is None else num_classes, precision, device, warmup, reps, modes, threads)
+    _check_compile(compile, freeze, peer_eager, peer, modes)
     if peer is not None and not timm.is_model(peer):
         raise ConfigError(f"peer={peer!r} is invalid: a timm model name (timm.list_models())")
     if named:
@@ -280,9 +296,12 @@ def benchmark(model_or_name: ModelSource, *, peer: str | None = None, batch_size
         torch.set_num_threads(threads)
     torch.backends.cudnn.benchmark = True  # as timm's benchmark.py: cuDNN picks its fastest kernels in warm-up
     try:
-        return _measure(net, source, peer, dev, batch_size=batch_size, img_size=img_size, in_chans=in_chans,
-                        num_classes=num_classes, precision=precision, channels_last=channels_last, compile=compile,
-                        warmup=warmup, reps=reps, modes=list(modes))
+        # Inductor reads its freezing flag when it compiles, i.e. in the warm-up steps inside _measure.
+        with torch._inductor.config.patch(freezing=freeze) if freeze else contextlib.nullcontext():
+            return _measure(net, source, peer, dev, batch_size=batch_size, img_size=img_size, in_chans=in_chans,
+                            num_classes=num_classes, precision=precision, channels_last=channels_last,
+                            compile=compile, freeze=freeze, peer_eager=peer_eager, warmup=warmup, reps=reps,
+                            modes=list(modes))
     finally:
         torch.set_num_threads(old_threads)
         torch.backends.cudnn.benchmark = old_cudnn
@@ -290,7 +309,7 @@ def benchmark(model_or_name: ModelSource, *, peer: str | None = None, batch_size
 
 def _measure(net: nn.Module, source: dict[str, Any], peer: str | None, dev: torch.device, *, batch_size: int,
              img_size: int, in_chans: int, num_classes: int, precision: str, channels_last: bool, compile: bool,
-             warmup: int, reps: int, modes: list[str]) -> BenchRecord:
+             freeze: bool, peer_eager: bool, warmup: int, reps: int, modes: list[str]) -> BenchRecord:
     cfg = getattr(net, "config", None)
     drop_path = float(cfg.drop_path) if cfg is not None else 0.0
     nets = {"mixerlab": net}
@@ -301,14 +320,15 @@ def _measure(net: nn.Module, source: dict[str, Any], peer: str | None, dev: torc
     runnable = {}
     for key, m in nets.items():
         m.to(memory_format=fmt)
-        runnable[key] = torch.compile(m) if compile else m
+        runnable[key] = torch.compile(m) if compile and not (key == "peer" and peer_eager) else m
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch_size, in_chans, img_size, img_size, generator=g).to(dev, memory_format=fmt)
     y = torch.randint(0, num_classes, (batch_size,), generator=g).to(dev)
     meter = MemoryMeter(dev)
     settings = {"batch_size": batch_size, "img_size": img_size, "in_chans": in_chans, "num_classes": num_classes,
-                "precision": precision, "channels_last": channels_last, "compile": compile, "device": str(dev),
+                "precision": precision, "channels_last": channels_last, "compile": compile, "freeze": freeze,
+                "peer_compile": compile and not peer_eager and peer is not None, "device": str(dev),
                 "warmup": warmup, "reps": reps, "modes": modes, "drop_path": drop_path,
                 "optimizer": "AdamW(lr=1e-4)"}
     record = BenchRecord(source=source, timestamp=datetime.now(UTC).isoformat(timespec="seconds"), peer=peer,
@@ -327,9 +347,10 @@ def _measure(net: nn.Module, source: dict[str, Any], peer: str | None, dev: torc
                 step()
             memory[k] = meter.peak_mb()
         times: dict[str, list[float]] = {k: [] for k in steps}
-        for _ in range(reps):  # alternating: each repetition times every model once, in turn
-            for k, step in steps.items():
-                times[k].append(_timed(step))
+        order = list(steps)
+        for i in range(reps):  # alternating, ABBA: each repetition times every model once, the order reversed
+            for k in order if i % 2 == 0 else order[::-1]:  # every other time, so neither always goes first
+                times[k].append(_timed(steps[k]))
         out: dict[str, Any] = {}
         for k, ts in times.items():
             ms = summary(ts)
@@ -345,7 +366,7 @@ def _measure(net: nn.Module, source: dict[str, Any], peer: str | None, dev: torc
 
 CSV_COLUMNS = (
     "timestamp", "model", "peer", "mode", "batch_size", "img_size", "in_chans", "num_classes", "precision",
-    "channels_last", "compile", "device", "warmup", "reps", "drop_path",
+    "channels_last", "compile", "freeze", "peer_compile", "device", "warmup", "reps", "drop_path",
     "images_per_s", "ms_median", "ms_q1", "ms_q3", "ms_min", "ms_max", "first_step_ms", "peak_memory_mb",
     "peer_images_per_s", "peer_ms_median", "peer_ms_q1", "peer_ms_q3", "peer_first_step_ms", "peer_peak_memory_mb",
     "ratio_median", "ratio_q1", "ratio_q3", "ratio_min", "ratio_max",
@@ -361,8 +382,8 @@ def csv_rows(record: BenchRecord) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"timestamp": record.timestamp, "model": record.models["mixerlab"]["name"],
                                "peer": record.peer or "", "mode": mode,
                                **{k: s[k] for k in ("batch_size", "img_size", "in_chans", "num_classes", "precision",
-                                                    "channels_last", "compile", "device", "warmup", "reps",
-                                                    "drop_path")}}
+                                                    "channels_last", "compile", "freeze", "peer_compile",
+                                                    "device", "warmup", "reps", "drop_path")}}
         for prefix, key in (("", "mixerlab"), ("peer_", "peer")):
             r = res.get(key)
             row[f"{prefix}images_per_s"] = "" if r is None else round(r["images_per_s"], 3)
@@ -419,6 +440,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="bf16 / fp16: autocast (fp16 CUDA only)")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
+    p.add_argument("--freeze", action="store_true", help="with --compile --modes infer: inductor's freezing "
+                   "(parameters folded as constants, weights prepacked)")
+    p.add_argument("--peer-eager", action="store_true", help="with --compile: keep the peer eager")
     p.add_argument("--device", default="cpu")
     p.add_argument("--warmup", type=int, default=3, help="warm-up steps per model and mode (default 3)")
     p.add_argument("--reps", type=int, default=10, help="timed steps per model and mode (default 10)")
@@ -431,7 +455,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     record = benchmark(args.model, peer=args.peer, batch_size=args.batch_size, img_size=args.img_size,
                        in_chans=args.in_chans, num_classes=args.num_classes, precision=args.precision,
-                       channels_last=args.channels_last, compile=args.compile, device=args.device,
+                       channels_last=args.channels_last, compile=args.compile, freeze=args.freeze,
+                       peer_eager=args.peer_eager, device=args.device,
                        warmup=args.warmup, reps=args.reps, modes=args.modes, threads=args.threads)
     if args.csv:
         append_csv(record, args.csv)
@@ -458,7 +483,8 @@ def table(record: BenchRecord) -> str:
             lines.append(f"{mode:<6} throughput mixerlab / timm = {q['median']:.3f}  (q1-q3 {q['q1']:.3f}-"
                          f"{q['q3']:.3f}, paired reps; > 1: mixerlab faster)")
     lines.append(f"batch {s['batch_size']}, {s['in_chans']}x{s['img_size']}x{s['img_size']}, {s['precision']}, "
-                 f"channels_last={s['channels_last']}, compile={s['compile']}, {s['device']}, warm-up {s['warmup']}, "
+                 f"channels_last={s['channels_last']}, compile={s['compile']}, freeze={s['freeze']}, "
+                 f"peer compiled={s['peer_compile']}, {s['device']}, warm-up {s['warmup']}, "
                  f"{s['reps']} reps; {mach['cpu']} ({mach['cores']} cores, {mach['threads']} threads, "
                  f"load {mach['load_1m']}); torch {mach['torch']}, timm {mach['timm']}; memory: {record.memory_method}")
     return "\n".join(lines)
