@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 import mixerlab
+from mixerlab import mlp as mlp_module
 from mixerlab.zoo.peers import TIMM_PEERS
 
 EPS32 = torch.finfo(torch.float32).eps
@@ -101,6 +102,35 @@ def test_same_logits_and_features_at_224(ml_name: str, pairs: Pairs) -> None:
     assert logits_t.abs().max() > 1.0  # the weights are not degenerate: logits are O(1)
     assert max_diff(pre_o, pre_t) <= fp32_tol(pre_t, theirs)
     assert max_diff(logits_o, logits_t) <= fp32_tol(logits_t, theirs)
+
+
+@pytest.mark.parametrize("ml_name", ["swin_tiny_ml", "vit_small_ml", "convnext_tiny_ml"])
+def test_same_function_on_the_paths_the_benchmarks_time(ml_name: str, pairs: Pairs, monkeypatch) -> None:
+    """Batch 8 at 224, as benchmarks/peers.py runs them: stage 1 and 2 MLPs take the chunked CPU path
+    (its inference and its training variant), and with autograd on Swin's learned bias takes the explicit
+    softmax kernel. Logits without and with autograd, and the input gradient, match timm's."""
+    theirs, ours = pairs(ml_name)
+    chunked = []
+    apply = mlp_module._ChunkedMlp.apply
+    monkeypatch.setattr(mlp_module._ChunkedMlp, "apply", lambda *a: chunked.append(1) or apply(*a))
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(8, 3, 224, 224, generator=g)
+    with torch.no_grad():
+        ref = theirs(x)
+        assert max_diff(ours(x), ref) <= fp32_tol(ref, theirs)
+    n_infer = len(chunked)
+    xt, xo = x.clone().requires_grad_(), x.clone().requires_grad_()
+    lt, lo = theirs(xt), ours(xo)
+    assert max_diff(lo.detach(), lt.detach()) <= fp32_tol(lt, theirs)
+    cotangent = torch.randn(lt.shape, generator=g)
+    (lt * cotangent).sum().backward()
+    (lo * cotangent).sum().backward()
+    theirs.zero_grad(set_to_none=True)
+    ours.zero_grad(set_to_none=True)
+    assert xt.grad.abs().max() > 0
+    assert max_diff(xo.grad, xt.grad) <= fp32_tol(xt.grad, theirs)
+    if ml_name != "vit_small_ml":  # ViT-S's hidden activation (8 x 197 x 1536) stays below the threshold
+        assert n_infer > 0 and len(chunked) > n_infer
 
 
 @pytest.mark.parametrize("img_size", [112, (112, 224)])
