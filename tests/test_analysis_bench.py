@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -67,21 +68,27 @@ def test_peer_gives_the_paired_ratio(with_peer):
     assert with_peer.models["peer"]["name"] == "resnet10t" and with_peer.peer == "resnet10t"
 
 
+class Probe(nn.Module):
+    """A stand-in model with 10 logits that calls ``log(self)`` on every forward."""
+
+    def __init__(self, tag: str, log: Callable[[Probe], None]) -> None:
+        super().__init__()
+        self.tag, self.log = tag, log
+        self.fc = nn.Linear(1, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.log(self)
+        return self.fc(x.mean((1, 2, 3))[:, None])
+
+
 def test_repetitions_alternate_between_the_models(monkeypatch):
     calls: list[str] = []
 
-    class Logged(nn.Module):
-        def __init__(self, tag: str) -> None:
-            super().__init__()
-            self.tag = tag
-            self.fc = nn.Linear(1, 10)
+    def log(m: Probe) -> None:
+        calls.append(m.tag)
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            calls.append(self.tag)
-            return self.fc(x.mean((1, 2, 3))[:, None])
-
-    monkeypatch.setattr(bench, "build_peer", lambda name, **_: Logged("timm"))
-    rec = benchmark(Logged("ml"), peer="resnet10t", **{**MICRO, "warmup": 2, "reps": 3}, modes=("infer",))
+    monkeypatch.setattr(bench, "build_peer", lambda name, **_: Probe("timm", log))
+    rec = benchmark(Probe("ml", log), peer="resnet10t", **{**MICRO, "warmup": 2, "reps": 3}, modes=("infer",))
     # warm-up one model at a time, then the timed repetitions alternate
     assert calls == ["ml", "ml", "timm", "timm", "ml", "timm", "timm", "ml", "ml", "timm"]  # warm-up, then ABBA
     assert "ratio" in rec.results["infer"]
@@ -90,15 +97,8 @@ def test_repetitions_alternate_between_the_models(monkeypatch):
 def test_best_mode_compiles_mixerlab_frozen_and_keeps_the_peer_eager(monkeypatch):
     seen: list[tuple[str, bool]] = []  # (model, inductor's freezing flag when it ran)
 
-    class Tagged(nn.Module):
-        def __init__(self, tag: str) -> None:
-            super().__init__()
-            self.tag = tag
-            self.fc = nn.Linear(1, 10)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            seen.append((self.tag, torch._inductor.config.freezing))
-            return self.fc(x.mean((1, 2, 3))[:, None])
+    def log(m: Probe) -> None:
+        seen.append((m.tag, torch._inductor.config.freezing))
 
     class Compiled(nn.Module):  # stands for torch.compile's wrapper: tags the calls that went through it
         def __init__(self, m: nn.Module) -> None:
@@ -109,9 +109,9 @@ def test_best_mode_compiles_mixerlab_frozen_and_keeps_the_peer_eager(monkeypatch
             self.m.tag = "compiled " + self.m.tag.removeprefix("compiled ")
             return self.m(x)
 
-    monkeypatch.setattr(bench, "build_peer", lambda name, **_: Tagged("timm"))
+    monkeypatch.setattr(bench, "build_peer", lambda name, **_: Probe("timm", log))
     monkeypatch.setattr(torch, "compile", Compiled)
-    rec = benchmark(Tagged("ml"), peer="resnet10t", **MICRO, modes=("infer",), compile=True, freeze=True,
+    rec = benchmark(Probe("ml", log), peer="resnet10t", **MICRO, modes=("infer",), compile=True, freeze=True,
                     peer_eager=True)
     assert set(seen) == {("compiled ml", True), ("timm", True)}
     assert not torch._inductor.config.freezing  # restored

@@ -317,10 +317,11 @@ def _measure(net: nn.Module, source: dict[str, Any], peer: str | None, dev: torc
         nets["peer"] = build_peer(peer, img_size=img_size, in_chans=in_chans, num_classes=num_classes,
                                   drop_path=drop_path).to(dev)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
+    compiled = {"mixerlab": compile, "peer": compile and not peer_eager}
     runnable = {}
     for key, m in nets.items():
         m.to(memory_format=fmt)
-        runnable[key] = torch.compile(m) if compile and not (key == "peer" and peer_eager) else m
+        runnable[key] = torch.compile(m) if compiled[key] else m
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch_size, in_chans, img_size, img_size, generator=g).to(dev, memory_format=fmt)
@@ -328,7 +329,7 @@ def _measure(net: nn.Module, source: dict[str, Any], peer: str | None, dev: torc
     meter = MemoryMeter(dev)
     settings = {"batch_size": batch_size, "img_size": img_size, "in_chans": in_chans, "num_classes": num_classes,
                 "precision": precision, "channels_last": channels_last, "compile": compile, "freeze": freeze,
-                "peer_compile": compile and not peer_eager and peer is not None, "device": str(dev),
+                "peer_compile": peer is not None and compiled["peer"], "device": str(dev),
                 "warmup": warmup, "reps": reps, "modes": modes, "drop_path": drop_path,
                 "optimizer": "AdamW(lr=1e-4)"}
     record = BenchRecord(source=source, timestamp=datetime.now(UTC).isoformat(timespec="seconds"), peer=peer,
