@@ -133,6 +133,35 @@ def test_same_function_on_the_paths_the_benchmarks_time(ml_name: str, pairs: Pai
         assert n_infer > 0 and len(chunked) > n_infer
 
 
+@pytest.mark.parametrize("ml_name", ["swin_tiny_ml", "vit_small_ml", "convnext_tiny_ml"])
+def test_same_function_under_torch_compile(ml_name: str, pairs: Pairs) -> None:
+    """What torch.compile runs: dynamo's trace of the whole network (one graph, no break: ``fullgraph``)
+    through AOTAutograd, inference and with autograd, matches timm's eager logits and input gradient.
+    The ``aot_eager`` backend runs that traced graph with ATen kernels: the mixerlab code paths compile
+    sees (plain MLP, SDPA, masks as traced) are checked here in seconds; inductor's own code generation
+    is PyTorch's to test (its end-to-end numbers against timm are in docs/benchmarks.md: a full inductor
+    compile of Swin-T costs minutes of C++ compilation on 2 cores)."""
+    theirs, ours = pairs(ml_name)
+    torch._dynamo.reset()
+    compiled = torch.compile(ours, backend="aot_eager", fullgraph=True)
+    g = torch.Generator().manual_seed(13)
+    x = torch.randn(2, 3, 224, 224, generator=g)
+    with torch.no_grad():
+        ref = theirs(x)
+        assert max_diff(compiled(x), ref) <= fp32_tol(ref, theirs)
+    xt, xo = x.clone().requires_grad_(), x.clone().requires_grad_()
+    lt, lo = theirs(xt), compiled(xo)
+    assert max_diff(lo.detach(), lt.detach()) <= fp32_tol(lt, theirs)
+    cotangent = torch.randn(lt.shape, generator=g)
+    (lt * cotangent).sum().backward()
+    (lo * cotangent).sum().backward()
+    theirs.zero_grad(set_to_none=True)
+    ours.zero_grad(set_to_none=True)
+    torch._dynamo.reset()
+    assert xt.grad.abs().max() > 0
+    assert max_diff(xo.grad, xt.grad) <= fp32_tol(xt.grad, theirs)
+
+
 @pytest.mark.parametrize("img_size", [112, (112, 224)])
 def test_swin_other_sizes(img_size: int | tuple[int, int], pairs: Pairs) -> None:
     """112: stage maps 28/14/7/4, so the last stage's window shrinks to 4x4 without shift.
