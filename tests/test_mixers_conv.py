@@ -104,6 +104,28 @@ def test_inhomogeneous_shifted_taps_match_explicit_loop():
     assert_close64(inhomogeneous_depthwise_conv(x, kern), want)
 
 
+@pytest.mark.parametrize("c,g,h,w,k", [
+    (6, 2, 5, 4, 3),  # short rows, 3 channels a group: the kernel expanded over them
+    (16, 2, 5, 4, 3),  # 8 channels a group: the kernel broadcast
+    (8, 2, 2, 3, 7),  # a kernel larger than the map: only the reachable taps
+    (6, 2, 5, 13, 3),  # rows wider than _SHORT_ROWS: the row-major loop without autograd too
+])
+def test_idynamic_inference_path_matches_the_autograd_path(c, g, h, w, k):
+    """Without autograd on short rows IDynamicDWConv2d generates its kernel taps-first and runs the
+    channels-last loop, conv2's bias as a static depth-wise conv; with autograd, the row-major function."""
+    torch.manual_seed(0)
+    m = IDynamicDWConv2d(c, kernel_size=k, groups=g).double().eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_()
+        m.bn.running_mean.normal_()
+        m.bn.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(3, c, h, w, dtype=torch.float64)
+    with torch.no_grad():
+        fast = m(x)
+    assert_close64(fast, m(x.requires_grad_()).detach())
+
+
 @pytest.mark.parametrize("b,kb,k,h,w,chunk", [
     (3, 3, 3, 5, 4, 1 << 18),  # the whole batch in one chunk
     (3, 3, 3, 5, 4, 40),  # one sample per chunk

@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from ..errors import ConfigError
+from ..layers import is_fx_tracing
 from .base import Mixer, MixerContext, check_reduction, odd_kernel, positive_int
 
 
@@ -151,6 +152,37 @@ def inhomogeneous_depthwise_conv(x: Tensor, weight: Tensor) -> Tensor:
     return _ShiftedTaps.apply(x, weight.expand(x.shape[0], *weight.shape[1:]))  # a batch-1 kernel broadcasts
 
 
+# Maps at most this wide take the channels-last inference loop (:func:`taps_channels_last`).
+_SHORT_ROWS = 12
+
+
+@register_notrace_function  # a torch.fx leaf: it crops by the map's size
+def taps_channels_last(x: Tensor, weight: Tensor) -> Tensor:
+    """:func:`inhomogeneous_depthwise_conv` without autograd for short rows: ``x`` (B, C, H, W), ``weight``
+    (K, K, B or 1, H, W, G) (taps first, as :meth:`IDynamicDWConv2d.kernel_channels_last` makes it).
+
+    The row-major loop multiply-accumulates along one image row, W values; on a micro model's 8x8 .. 2x2 maps
+    that is 2-8 values per inner loop and the overhead dominates. Channels last, a tap's window is one run of
+    W x C input values against one contiguous block of kernel values (for groups of fewer than 8 channels
+    the kernel is first expanded over each group's channels; from 8 it broadcasts). The taps alone, one
+    thread, B 100, C 32, 8x8, 7x7 taps, 32 groups: 41 -> 23 ms; with the kernel generated in this layout,
+    u_idynconv_micro inference at batch 100 went from 300 to 530 images/s. From 14-pixel rows the row-major
+    loop is as fast or faster."""
+    b, c, h, w = x.shape
+    weight = reachable_taps(weight.movedim((0, 1), (-2, -1)), (h, w)).movedim((-2, -1), (0, 1))
+    kh, kw, g = weight.shape[0], weight.shape[1], weight.shape[-1]
+    xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, kw // 2, kw // 2, kh // 2, kh // 2)).unflatten(-1, (g, c // g))
+    weight = weight.to(x.dtype).expand(kh, kw, b, *weight.shape[3:]).unsqueeze(-1)  # a batch-1 kernel broadcasts
+    y = x.new_empty(b, h, w, g, c // g)
+    for s in _chunks(x):
+        ws = weight[:, :, s]
+        ws, ys = (ws.expand(*ws.shape[:-1], c // g) if c // g < 8 else ws).contiguous(), y[s].zero_()
+        for i in range(kh):
+            for j in range(kw):
+                ys.addcmul_(xp[s, i:i + h, j:j + w], ws[i, j])
+    return y.flatten(3).permute(0, 3, 1, 2)
+
+
 class DynamicDWConv2d(nn.Module):
     """Homogeneous dynamic depth-wise conv on NCHW maps (kernel generator + static bias)."""
 
@@ -193,7 +225,29 @@ class IDynamicDWConv2d(nn.Module):
         w = torch.baddbmm(self.conv2.bias[:, None], w2, z)
         return w.unflatten(-1, x.shape[2:]).unflatten(1, (self.groups, self.kernel_size**2))
 
+    def kernel_channels_last(self, x: Tensor) -> Tensor:
+        """:meth:`kernel` without conv2's bias, taps and positions first: ``(B, C, H, W) -> (K, K, B, H, W, G)``.
+        conv2 is one matmul per tap over the position-major map, so the output is already laid out for
+        :func:`taps_channels_last` (each tap's kernel one contiguous B x H x W x G block; no relayout of the
+        K^2 G-channel map). The bias, the same for every position, is applied as a static depth-wise conv."""
+        k, g = self.kernel_size, self.groups
+        z = F.relu(self.bn(self.conv1(x))).permute(0, 2, 3, 1)  # (B, H, W, C/r)
+        w2 = self.conv2.weight.flatten(1).unflatten(0, (g, k * k)).permute(1, 2, 0)  # (K^2, C/r, G)
+        return torch.matmul(z.reshape(-1, z.shape[-1]), w2).view(k, k, *z.shape[:3], g)
+
+    def _channels_last_inference(self, x: Tensor) -> bool:
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.conv2.weight.requires_grad)
+        return not needs_grad and x.shape[-1] <= _SHORT_ROWS and x.device.type == "cpu"
+
+    def bias_kernel(self, channels: int) -> Tensor:
+        """conv2's bias as a static depth-wise kernel ``(C, 1, K, K)`` (channel c takes its group's taps)."""
+        k, g = self.kernel_size, self.groups
+        return self.conv2.bias.view(g, 1, k, k).repeat_interleave(channels // g, 0)
+
     def forward(self, x: Tensor) -> Tensor:
+        if not is_fx_tracing() and self._channels_last_inference(x):
+            y = taps_channels_last(x, self.kernel_channels_last(x))
+            return y + F.conv2d(x, self.bias_kernel(x.shape[1]), padding=self.kernel_size // 2, groups=x.shape[1])
         return inhomogeneous_depthwise_conv(x, self.kernel(x))
 
     def elementwise_macs(self, out: Tensor) -> int:
