@@ -104,6 +104,22 @@ def test_same_logits_and_features_at_224(ml_name: str, pairs: Pairs) -> None:
     assert max_diff(logits_o, logits_t) <= fp32_tol(logits_t, theirs)
 
 
+def assert_same_with_autograd(theirs: nn.Module, ours: nn.Module, run: Callable[[torch.Tensor], torch.Tensor],
+                              x: torch.Tensor, g: torch.Generator) -> None:
+    """With autograd on, ``run`` (``ours`` or a compiled form of it) gives timm's logits, and the input gradient
+    of a random cotangent (drawn from ``g``) matches timm's; both models' parameter gradients are cleared."""
+    xt, xo = x.clone().requires_grad_(), x.clone().requires_grad_()
+    lt, lo = theirs(xt), run(xo)
+    assert max_diff(lo.detach(), lt.detach()) <= fp32_tol(lt, theirs)
+    cotangent = torch.randn(lt.shape, generator=g)
+    (lt * cotangent).sum().backward()
+    (lo * cotangent).sum().backward()
+    theirs.zero_grad(set_to_none=True)
+    ours.zero_grad(set_to_none=True)
+    assert xt.grad.abs().max() > 0
+    assert max_diff(xo.grad, xt.grad) <= fp32_tol(xt.grad, theirs)
+
+
 @pytest.mark.parametrize("ml_name", ["swin_tiny_ml", "vit_small_ml", "convnext_tiny_ml"])
 def test_same_function_on_the_paths_the_benchmarks_time(ml_name: str, pairs: Pairs, monkeypatch) -> None:
     """Batch 8 at 224, as benchmarks/peers.py runs them: stage 1 and 2 MLPs take the chunked CPU path
@@ -119,16 +135,7 @@ def test_same_function_on_the_paths_the_benchmarks_time(ml_name: str, pairs: Pai
         ref = theirs(x)
         assert max_diff(ours(x), ref) <= fp32_tol(ref, theirs)
     n_infer = len(chunked)
-    xt, xo = x.clone().requires_grad_(), x.clone().requires_grad_()
-    lt, lo = theirs(xt), ours(xo)
-    assert max_diff(lo.detach(), lt.detach()) <= fp32_tol(lt, theirs)
-    cotangent = torch.randn(lt.shape, generator=g)
-    (lt * cotangent).sum().backward()
-    (lo * cotangent).sum().backward()
-    theirs.zero_grad(set_to_none=True)
-    ours.zero_grad(set_to_none=True)
-    assert xt.grad.abs().max() > 0
-    assert max_diff(xo.grad, xt.grad) <= fp32_tol(xt.grad, theirs)
+    assert_same_with_autograd(theirs, ours, ours, x, g)
     if ml_name != "vit_small_ml":  # ViT-S's hidden activation (8 x 197 x 1536) stays below the threshold
         assert n_infer > 0 and len(chunked) > n_infer
 
@@ -149,17 +156,10 @@ def test_same_function_under_torch_compile(ml_name: str, pairs: Pairs) -> None:
     with torch.no_grad():
         ref = theirs(x)
         assert max_diff(compiled(x), ref) <= fp32_tol(ref, theirs)
-    xt, xo = x.clone().requires_grad_(), x.clone().requires_grad_()
-    lt, lo = theirs(xt), compiled(xo)
-    assert max_diff(lo.detach(), lt.detach()) <= fp32_tol(lt, theirs)
-    cotangent = torch.randn(lt.shape, generator=g)
-    (lt * cotangent).sum().backward()
-    (lo * cotangent).sum().backward()
-    theirs.zero_grad(set_to_none=True)
-    ours.zero_grad(set_to_none=True)
-    torch._dynamo.reset()
-    assert xt.grad.abs().max() > 0
-    assert max_diff(xo.grad, xt.grad) <= fp32_tol(xt.grad, theirs)
+    try:
+        assert_same_with_autograd(theirs, ours, compiled, x, g)
+    finally:
+        torch._dynamo.reset()
 
 
 @pytest.mark.parametrize("img_size", [112, (112, 224)])
