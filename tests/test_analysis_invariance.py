@@ -60,6 +60,7 @@ def test_shift_moves_the_window_in_each_of_the_8_directions(name):
         out = shift(u, 3 * dy, 3 * dx, mode)
         assert out.shape == u.shape
         assert out.flatten().argmax().item() == (4 - 3 * dy) * 9 + (4 - 3 * dx)  # content moves the other way
+        assert shift(u, 0, 0, mode) is u
     edge = torch.zeros(1, 1, 9, 9)
     edge[0, 0, 8 if dy < 0 else 0, 8 if dx < 0 else 0] = 1.0  # leaves the window when it moves by (dy, dx)
     if dy or dx:
@@ -98,8 +99,13 @@ def test_default_sweeps_scale_the_reference_to_the_input_size():
 
 def test_identity_settings_are_100_percent_consistent():
     model = mixerlab.create_model("u_identity_micro", img_size=16, in_chans=1, num_classes=10)
+    seen = []
+    model.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
     rec = invariance(model, bundle(), shifts=[0, 3], angles=[0, 30], scales=[1.0, 0.5], num_images=12, batch_size=5)
     assert rec.num_images == 12
+    # per batch: the reference and the 10 non-identity settings (8 directions of shift 3, 30 degrees, ratio
+    # 0.5); the 3 identity settings reuse the reference's logits
+    assert seen == [5] * 11 + [5] * 11 + [2] * 11
     for row in (rec.translation[0], rec.rotation[0], rec.scale[0]):
         assert row["consistency"] == 100.0 and row["top1"] == rec.top1, row
     assert rec.scale[-1]["ratio"] == 0.5 and rec.scale[0]["ratio"] == 1.0
