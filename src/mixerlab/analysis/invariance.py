@@ -29,8 +29,8 @@ what comes in from outside the image is black, as in the reference's zero paddin
 
 The identity settings (shift 0, angle 0, ratio 1) are not resampled: the model would see exactly the
 untransformed input, so their logits are the reference's (not recomputed: 3 forwards fewer per batch) and their
-consistency is 100% by construction of the protocol. Default sweeps scale
-the reference's (shifts 0..64 step 4 at 224 px, angles 0..90 step 5, ratios 0.25..2 step 0.125) to ``S``.
+consistency is 100% by construction of the protocol. Default sweeps scale the reference's (shifts 0..64 step 4
+at 224 px, angles 0..90 step 5, ratios 0.25..2 step 0.125) to ``S``.
 """
 
 from __future__ import annotations

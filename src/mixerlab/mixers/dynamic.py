@@ -236,8 +236,10 @@ class IDynamicDWConv2d(nn.Module):
         return torch.matmul(z.reshape(-1, z.shape[-1]), w2).view(k, k, *z.shape[:3], g)
 
     def _channels_last_inference(self, x: Tensor) -> bool:
-        needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.conv2.weight.requires_grad)
-        return not needs_grad and x.shape[-1] <= _SHORT_ROWS and x.device.type == "cpu"
+        """Whether forward takes :func:`taps_channels_last`: no autograd, CPU, short rows, not fx-traced."""
+        if is_fx_tracing() or x.device.type != "cpu" or x.shape[-1] > _SHORT_ROWS:
+            return False
+        return not (torch.is_grad_enabled() and (x.requires_grad or self.conv2.weight.requires_grad))
 
     def bias_kernel(self, channels: int) -> Tensor:
         """conv2's bias as a static depth-wise kernel ``(C, 1, K, K)`` (channel c takes its group's taps)."""
@@ -245,7 +247,7 @@ class IDynamicDWConv2d(nn.Module):
         return self.conv2.bias.view(g, 1, k, k).repeat_interleave(channels // g, 0)
 
     def forward(self, x: Tensor) -> Tensor:
-        if not is_fx_tracing() and self._channels_last_inference(x):
+        if self._channels_last_inference(x):
             y = taps_channels_last(x, self.kernel_channels_last(x))
             return y + F.conv2d(x, self.bias_kernel(x.shape[1]), padding=self.kernel_size // 2, groups=x.shape[1])
         return inhomogeneous_depthwise_conv(x, self.kernel(x))
