@@ -70,3 +70,34 @@ def test_chunked_path_is_taken_only_where_meant() -> None:
     # torch.fx traces the plain module: its graph calls fc1, act and fc2 (FX feature extraction sees them).
     graph = torch.fx.symbolic_trace(m).graph
     assert {n.target for n in graph.nodes if n.op == "call_module"} >= {"fc1", "act", "fc2"}
+
+
+def _compiled_aten_ops(m: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, set[object]]:
+    """``m(x)`` compiled by torch.compile through AOTAutograd, and the ATen ops of its forward graph."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    ops: set[object] = set()
+
+    def forward_graph(gm: torch.fx.GraphModule, _: object) -> object:
+        ops.update(n.target for n in gm.graph.nodes if n.op == "call_function")
+        return make_boxed_func(gm.forward)
+
+    return torch.compile(m, backend=aot_autograd(fw_compiler=forward_graph), fullgraph=True)(x), ops
+
+
+def test_compiled_cpu_mlp_adds_biases_apart_from_the_products() -> None:
+    plain, ours = _pair()
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+    y, ops = _compiled_aten_ops(ours, x)
+    assert torch.ops.aten.addmm.default not in ops and torch.ops.aten.mm.default in ops
+    ref = plain(x)
+    torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+    g = torch.linspace(-1, 1, 6, dtype=y.dtype)
+    got = torch.autograd.grad((y * g).sum(), [x, *ours.parameters()])
+    for a, b in zip(got, torch.autograd.grad((ref * g).sum(), [x, *plain.parameters()]), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # Under autocast the plain module runs (its Linear casts the bias with the product's dtype).
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, ops = _compiled_aten_ops(ChunkedMlp(6, 10), torch.randn(3, 6))
+    assert torch.ops.aten.addmm.default in ops
