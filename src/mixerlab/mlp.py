@@ -89,23 +89,28 @@ class _ChunkedMlp(torch.autograd.Function):
 
 class ChunkedMlp(Mlp):
     """timm's ``Mlp`` (GELU, no dropout, no norm) whose CPU eager forward runs through :class:`_ChunkedMlp` when
-    the hidden activation would be large (see the module docstring); the same function everywhere."""
+    the hidden activation would be large, and whose CPU compiled forward adds the biases apart (see the module
+    docstring); the same function everywhere."""
 
     def __init__(self, in_features: int, hidden_features: int) -> None:
         super().__init__(in_features, hidden_features, act_layer=nn.GELU)
 
+    def _cpu_kernels(self, x: Tensor) -> bool:
+        """What both CPU paths assume: a CPU input outside autocast, and both biases (each path adds them itself)."""
+        return (x.device.type == "cpu" and not torch.is_autocast_enabled("cpu") and self.fc1.bias is not None
+                and self.fc2.bias is not None)
+
     def _chunked(self, x: Tensor) -> bool:
-        if is_fx_tracing() or torch.compiler.is_compiling() or x.device.type != "cpu":
+        if is_fx_tracing() or torch.compiler.is_compiling() or not self._cpu_kernels(x):
             return False
-        if torch.is_autocast_enabled("cpu") or x.dtype != self.fc1.weight.dtype or self.fc1.bias is None:
+        if x.dtype != self.fc1.weight.dtype:
             return False
         grad = torch.is_grad_enabled() and (x.requires_grad or self.fc1.weight.requires_grad)
         hidden_bytes = x.numel() // x.shape[-1] * self.fc1.out_features * x.element_size()
         return hidden_bytes >= _MIN_HIDDEN_BYTES["train" if grad else "infer"]
 
     def _unfused_bias(self, x: Tensor) -> bool:
-        return (torch.compiler.is_compiling() and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
-                and self.fc1.bias is not None and self.fc2.bias is not None)
+        return torch.compiler.is_compiling() and self._cpu_kernels(x)
 
     def forward(self, x: Tensor) -> Tensor:
         if self._unfused_bias(x):
