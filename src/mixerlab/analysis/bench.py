@@ -20,12 +20,25 @@ so that both see the same machine load; ``peer_eager`` keeps the peer eager whil
 (mixerlab's best mode against timm's default one); ``ratio`` is the median over repetitions of the paired
 throughput ratio mixerlab / timm (> 1: mixerlab is faster). That ratio is the figure to quote, not two absolute times.
 
-Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` during a model's warm-up steps above what was
-allocated before them; on CPU, the process's peak resident set size during the warm-up steps above the
-resident size before them (Linux: the peak is reset through ``/proc/self/clear_refs`` and read from
-``VmHWM``; elsewhere ``ru_maxrss``, which only ever grows, so a second model reads low). Both exclude the
-weights (already resident) and include activations, gradients and, in the first train step, the optimiser
-state. The CPU figure is approximate: the allocator may keep freed memory resident and reuse it.
+``order`` says which model is warmed up (and compiled) first. It can matter on the CPU: glibc's allocator
+hands freed memory back to the kernel by its own thresholds, so the two models of a process do not pay the
+same fresh-page faults per step, and which pays more depends on who allocated first (compiled Swin-T train
+step, one process: 77k vs 24k minor faults per step and a ratio of 0.90 with mixerlab first, 0.99 with timm
+first; the direction is not the same in every run). ``balanced`` (the default with a peer) therefore runs the
+pair twice, each time in a fresh spawned process, mixerlab first and then timm first, and pools the
+repetitions of both; ``results[mode]["by_order"]`` keeps each process's own results. Each model's peak memory
+is taken from the process where it ran first (as it would alone); first-step times are the mixerlab-first
+process's, which runs first and so finds inductor's caches cold for both models.
+
+Peak memory is that of a steady step, measured over the warm-up steps after the first (the first compiles,
+creates the optimiser state and fills caches, and with a cold inductor cache compiling takes more resident
+memory than any step), above what the process holds between steps (the weights and, in train mode,
+AdamW's state, 8 bytes per parameter, the same for a model and its peer). On CUDA it is
+``torch.cuda.max_memory_allocated`` above the allocation before those steps; on CPU, the process's peak
+resident set size above the resident size before them (Linux: the peak is reset through
+``/proc/self/clear_refs`` and read from ``VmHWM``; elsewhere ``ru_maxrss``, which only ever grows, so a second
+model reads low). It includes activations, gradients and the optimiser step's temporaries. The CPU figure is
+approximate: the allocator may keep freed memory resident and reuse it.
 """
 
 from __future__ import annotations
@@ -38,13 +51,15 @@ import ctypes
 import gc
 import io
 import json
+import multiprocessing
 import os
 import platform
 import resource
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -61,6 +76,7 @@ from .base import ModelSource, Record, resolve_model
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 MODES = ("infer", "train")
+ORDERS = ("balanced", "mixerlab-first", "peer-first")
 DEFAULT_CSV = Path("benchmarks/results.csv")
 
 
@@ -117,11 +133,13 @@ class MemoryMeter:
     def __init__(self, device: torch.device) -> None:
         self.device = device
         if device.type == "cuda":
-            self.method = "cuda max_memory_allocated above the allocation before the warm-up steps"
+            self.method = ("cuda max_memory_allocated over the warm-up steps after the first, above the allocation "
+                           "before them")
         elif _can_reset_peak_rss():
-            self.method = "process peak RSS (VmHWM, reset via /proc/self/clear_refs) above the RSS before the warm-up"
+            self.method = ("process peak RSS (VmHWM, reset via /proc/self/clear_refs) over the warm-up steps after "
+                           "the first, above the RSS before them")
         else:
-            self.method = "process ru_maxrss growth during the warm-up (lower bound)"
+            self.method = "process ru_maxrss growth over the warm-up steps after the first (lower bound)"
         self._base = 0
 
     def start(self) -> None:
@@ -223,7 +241,7 @@ def _check_compile(compile: bool, freeze: bool, peer_eager: bool, peer: str | No
 def _check(batch_size: int, img_size: int, in_chans: int, num_classes: int, precision: str, device: str,
            warmup: int, reps: int, modes: Sequence[str], threads: int | None) -> torch.device:
     for name, value, minimum in (("batch_size", batch_size, 1), ("img_size", img_size, 1), ("in_chans", in_chans, 1),
-                                 ("num_classes", num_classes, 1), ("warmup", warmup, 1), ("reps", reps, 1)):
+                                 ("num_classes", num_classes, 1), ("warmup", warmup, 2), ("reps", reps, 1)):
         check_int(name, value, minimum)
     if threads is not None:
         check_int("threads", threads)
@@ -260,13 +278,14 @@ def benchmark(model_or_name: ModelSource, *, peer: str | None = None, batch_size
               precision: str = "fp32", channels_last: bool = False,
               compile: bool = False, freeze: bool = False, peer_eager: bool = False, device: str = "cpu",
               warmup: int = 3, reps: int = 10, modes: Sequence[str] = MODES,
-              threads: int | None = None) -> BenchRecord:
+              threads: int | None = None, order: str = "balanced") -> BenchRecord:
     """Images/s, ms/step and peak memory of a model (a MixerNet, a registered name: built untrained at
     ``img_size`` / ``in_chans`` / ``num_classes``, or a run directory) in each of ``modes``, optionally against
     the timm model ``peer``; see the module docstring for the protocol. ``img_size`` / ``in_chans`` /
     ``num_classes`` default to 224 / 3 / 1000 for a name and to the model's own for a run or a module.
-    ``threads`` sets torch's intra-op threads for the measurement (restored afterwards). Nothing is printed
-    or written."""
+    ``threads`` sets torch's intra-op threads for the measurement (restored afterwards). ``order`` (with a
+    peer): which model runs first, or ``balanced``, both orders in two fresh processes, pooled. Nothing is
+    printed or written."""
     named = isinstance(model_or_name, str) and model_or_name in MODEL_CONFIGS
     if named:  # None is "the default"; a given 0 is an error below, not a default
         img_size = 224 if img_size is None else img_size
@@ -275,8 +294,16 @@ def benchmark(model_or_name: ModelSource, *, peer: str | None = None, batch_size
     dev = _check(batch_size, 1 if img_size is None else img_size, 1 if in_chans is None else in_chans,
                  1 if num_classes is None else num_classes, precision, device, warmup, reps, modes, threads)
     _check_compile(compile, freeze, peer_eager, peer, modes)
+    check_choice("order", order, ORDERS)
     if peer is not None and not timm.is_model(peer):
         raise ConfigError(f"peer={peer!r} is invalid: a timm model name (timm.list_models())")
+    if peer is not None and order == "balanced":
+        kwargs = {"peer": peer, "batch_size": batch_size, "img_size": img_size, "in_chans": in_chans,
+                  "num_classes": num_classes, "precision": precision, "channels_last": channels_last,
+                  "compile": compile, "freeze": freeze, "peer_eager": peer_eager, "device": device,
+                  "warmup": warmup, "reps": reps, "modes": tuple(modes),
+                  "threads": torch.get_num_threads() if threads is None else threads}
+        return _balanced(model_or_name, kwargs)
     if named:
         net, source = resolve_model(model_or_name, device=dev, img_size=img_size, in_chans=in_chans,
                                     num_classes=num_classes)
@@ -301,7 +328,7 @@ def benchmark(model_or_name: ModelSource, *, peer: str | None = None, batch_size
             return _measure(net, source, peer, dev, batch_size=batch_size, img_size=img_size, in_chans=in_chans,
                             num_classes=num_classes, precision=precision, channels_last=channels_last,
                             compile=compile, freeze=freeze, peer_eager=peer_eager, warmup=warmup, reps=reps,
-                            modes=list(modes))
+                            modes=list(modes), order=order)
     finally:
         torch.set_num_threads(old_threads)
         torch.backends.cudnn.benchmark = old_cudnn
@@ -309,7 +336,7 @@ def benchmark(model_or_name: ModelSource, *, peer: str | None = None, batch_size
 
 def _measure(net: nn.Module, source: dict[str, Any], peer: str | None, dev: torch.device, *, batch_size: int,
              img_size: int, in_chans: int, num_classes: int, precision: str, channels_last: bool, compile: bool,
-             freeze: bool, peer_eager: bool, warmup: int, reps: int, modes: list[str]) -> BenchRecord:
+             freeze: bool, peer_eager: bool, warmup: int, reps: int, modes: list[str], order: str) -> BenchRecord:
     cfg = getattr(net, "config", None)
     drop_path = float(cfg.drop_path) if cfg is not None else 0.0
     nets = {"mixerlab": net}
@@ -331,7 +358,7 @@ def _measure(net: nn.Module, source: dict[str, Any], peer: str | None, dev: torc
                 "precision": precision, "channels_last": channels_last, "compile": compile, "freeze": freeze,
                 "peer_compile": peer is not None and compiled["peer"], "device": str(dev),
                 "warmup": warmup, "reps": reps, "modes": modes, "drop_path": drop_path,
-                "optimizer": "AdamW(lr=1e-4)"}
+                "optimizer": "AdamW(lr=1e-4)", "order": order if peer is not None else ""}
     record = BenchRecord(source=source, timestamp=datetime.now(UTC).isoformat(timespec="seconds"), peer=peer,
                          settings=settings, machine=machine_info(dev),
                          memory_method=meter.method,
@@ -339,11 +366,12 @@ def _measure(net: nn.Module, source: dict[str, Any], peer: str | None, dev: torc
                                      "params_m": sum(p.numel() for p in m.parameters()) / 1e6}
                                  for k, m in nets.items()})
     for mode in modes:
-        steps = {k: make_step(m, mode, x, y, precision) for k, m in runnable.items()}
+        keys = list(runnable)[::-1] if order == "peer-first" else list(runnable)
+        steps = {k: make_step(runnable[k], mode, x, y, precision) for k in keys}
         first, memory = {}, {}
-        for k, step in steps.items():  # warm-up (compilation included) and memory, one model at a time
+        for k, step in steps.items():  # warm-up one model at a time: the first step compiles, the others
+            first[k] = _timed(step)   # give the steady-state memory
             meter.start()
-            first[k] = _timed(step)
             for _ in range(warmup - 1):
                 step()
             memory[k] = meter.peak_mb()
@@ -353,7 +381,8 @@ def _measure(net: nn.Module, source: dict[str, Any], peer: str | None, dev: torc
             for k in order if i % 2 == 0 else order[::-1]:  # every other time, so neither always goes first
                 times[k].append(_timed(steps[k]))
         out: dict[str, Any] = {}
-        for k, ts in times.items():
+        for k in nets:
+            ts = times[k]
             ms = summary(ts)
             out[k] = {"ms_per_step": ms, "images_per_s": 1000.0 * batch_size / ms["median"],
                       "first_step_ms": first[k], "peak_memory_mb": memory[k], "times_ms": ts}
@@ -363,14 +392,39 @@ def _measure(net: nn.Module, source: dict[str, Any], peer: str | None, dev: torc
     return record
 
 
+def _balanced(model: ModelSource, kwargs: dict[str, Any]) -> BenchRecord:
+    """The pair measured mixerlab-first, then peer-first, each in a fresh process (the allocator's state is
+    per process, so no in-process order undoes it), pooled; see the module docstring."""
+    records = {}
+    for order in ORDERS[1:]:  # one after the other: the two processes must not share the cores
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            records[order] = pool.submit(benchmark, model, order=order, **kwargs).result()
+    ml_first, peer_first = records["mixerlab-first"], records["peer-first"]
+    results: dict[str, dict[str, Any]] = {}
+    for mode, res in ml_first.results.items():
+        out: dict[str, Any] = {}
+        for k, ran_first in (("mixerlab", res), ("peer", peer_first.results[mode])):
+            ts = res[k]["times_ms"] + peer_first.results[mode][k]["times_ms"]
+            ms = summary(ts)
+            out[k] = {"ms_per_step": ms, "images_per_s": 1000.0 * kwargs["batch_size"] / ms["median"],
+                      "first_step_ms": res[k]["first_step_ms"], "peak_memory_mb": ran_first[k]["peak_memory_mb"],
+                      "times_ms": ts}
+        out["ratio"] = summary([p / m for m, p in zip(out["mixerlab"]["times_ms"], out["peer"]["times_ms"],
+                                                      strict=True)])
+        out["by_order"] = {o: r.results[mode] for o, r in records.items()}
+        results[mode] = out
+    return replace(ml_first, settings={**ml_first.settings, "order": "balanced"}, results=results)
+
+
 # ---- CSV ---------------------------------------------------------------------------------------------
 
 CSV_COLUMNS = (
     "timestamp", "model", "peer", "mode", "batch_size", "img_size", "in_chans", "num_classes", "precision",
-    "channels_last", "compile", "freeze", "peer_compile", "device", "warmup", "reps", "drop_path",
+    "channels_last", "compile", "freeze", "peer_compile", "device", "warmup", "reps", "drop_path", "order",
     "images_per_s", "ms_median", "ms_q1", "ms_q3", "ms_min", "ms_max", "first_step_ms", "peak_memory_mb",
     "peer_images_per_s", "peer_ms_median", "peer_ms_q1", "peer_ms_q3", "peer_first_step_ms", "peer_peak_memory_mb",
     "ratio_median", "ratio_q1", "ratio_q3", "ratio_min", "ratio_max",
+    "ratio_median_mixerlab_first", "ratio_median_peer_first",
     "params_m", "peer_params_m", "memory_method", "cpu", "cores", "threads", "load_1m", "gpu", "python", "torch",
     "timm", "mixerlab")
 
@@ -384,7 +438,7 @@ def csv_rows(record: BenchRecord) -> list[dict[str, Any]]:
                                "peer": record.peer or "", "mode": mode,
                                **{k: s[k] for k in ("batch_size", "img_size", "in_chans", "num_classes", "precision",
                                                     "channels_last", "compile", "freeze", "peer_compile",
-                                                    "device", "warmup", "reps", "drop_path")}}
+                                                    "device", "warmup", "reps", "drop_path", "order")}}
         for prefix, key in (("", "mixerlab"), ("peer_", "peer")):
             r = res.get(key)
             row[f"{prefix}images_per_s"] = "" if r is None else round(r["images_per_s"], 3)
@@ -395,6 +449,10 @@ def csv_rows(record: BenchRecord) -> list[dict[str, Any]]:
             row[f"{prefix}params_m"] = "" if key not in record.models else round(record.models[key]["params_m"], 3)
         for q in ("median", "q1", "q3", "min", "max"):
             row[f"ratio_{q}"] = round(res["ratio"][q], 4) if "ratio" in res else ""
+        by_order = res.get("by_order", {s["order"]: res} if "ratio" in res else {})
+        for o in ORDERS[1:]:
+            r = by_order.get(o)
+            row[f"ratio_median_{o.replace('-', '_')}"] = "" if r is None else round(r["ratio"]["median"], 4)
         row["memory_method"] = record.memory_method
         row.update({k: record.machine[k] for k in ("cpu", "cores", "threads", "load_1m", "gpu", "python", "torch",
                                                    "timm", "mixerlab")})
@@ -445,10 +503,13 @@ def configure(p: argparse.ArgumentParser) -> None:
                    "(parameters folded as constants, weights prepacked)")
     p.add_argument("--peer-eager", action="store_true", help="with --compile: keep the peer eager")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--warmup", type=int, default=3, help="warm-up steps per model and mode (default 3)")
+    p.add_argument("--warmup", type=int, default=3, help="warm-up steps per model and mode, at "
+                   "least 2: the first compiles, the others give the peak memory (default 3)")
     p.add_argument("--reps", type=int, default=10, help="timed steps per model and mode (default 10)")
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--order", default="balanced", choices=ORDERS, help="with --peer: which model runs first; "
+                   "balanced (default): both orders, each in a fresh process, pooled")
     p.add_argument("--csv", default=str(DEFAULT_CSV), help=f"CSV to append to (default {DEFAULT_CSV}; '' for none)")
     p.add_argument("--format", default="table", choices=("table", "json"))
 
@@ -458,7 +519,8 @@ def run(args: argparse.Namespace) -> int:
                        in_chans=args.in_chans, num_classes=args.num_classes, precision=args.precision,
                        channels_last=args.channels_last, compile=args.compile, freeze=args.freeze,
                        peer_eager=args.peer_eager, device=args.device,
-                       warmup=args.warmup, reps=args.reps, modes=args.modes, threads=args.threads)
+                       warmup=args.warmup, reps=args.reps, modes=args.modes, threads=args.threads,
+                       order=args.order)
     if args.csv:
         append_csv(record, args.csv)
     if args.format == "json":
@@ -483,10 +545,14 @@ def table(record: BenchRecord) -> str:
             q = res["ratio"]
             lines.append(f"{mode:<6} throughput mixerlab / timm = {q['median']:.3f}  (q1-q3 {q['q1']:.3f}-"
                          f"{q['q3']:.3f}, paired reps; > 1: mixerlab faster)")
+        if "by_order" in res:
+            lines.append(f"{mode:<6} by order: " + ", ".join(f"{o} {r['ratio']['median']:.3f}"
+                                                              for o, r in res["by_order"].items()))
     lines.append(f"batch {s['batch_size']}, {s['in_chans']}x{s['img_size']}x{s['img_size']}, {s['precision']}, "
                  f"channels_last={s['channels_last']}, compile={s['compile']}, freeze={s['freeze']}, "
                  f"peer compiled={s['peer_compile']}, {s['device']}, warm-up {s['warmup']}, "
-                 f"{s['reps']} reps; {mach['cpu']} ({mach['cores']} cores, {mach['threads']} threads, "
+                 f"{s['reps']} reps{', order ' + s['order'] if s.get('order') else ''}; "
+                 f"{mach['cpu']} ({mach['cores']} cores, {mach['threads']} threads, "
                  f"load {mach['load_1m']}); torch {mach['torch']}, timm {mach['timm']}; memory: {record.memory_method}")
     return "\n".join(lines)
 
