@@ -4,8 +4,9 @@
                                [--only swin_tiny_ml ...] [--csv benchmarks/results.csv]
 
 For each pair of ``mixerlab.zoo.peers.TIMM_PEERS`` this is ``mixerlab bench MODEL --peer TIMM``: both models
-in one process, the same random batch, the same settings, repetitions alternating, and the ratio is the
-median of the paired throughput ratios mixerlab / timm (> 1: mixerlab faster). ``--compile`` compares compiled
+in one process, the same random batch, the same settings, repetitions alternating, run twice (mixerlab
+first, then timm first, each in a fresh process: bench's balanced order), and the ratio is the median of the
+pooled paired throughput ratios mixerlab / timm (> 1: mixerlab faster); the CSV keeps each order's ratio too. ``--compile`` compares compiled
 with compiled; ``--best`` mixerlab's best inference mode (torch.compile with inductor's freezing) with timm's
 eager default (``mixerlab bench MODEL --peer TIMM --compile --freeze --peer-eager --modes infer``). Rows are
 appended to the CSV; a Markdown table of the ratios (with the absolute medians of the same run for scale) is
