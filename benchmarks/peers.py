@@ -1,16 +1,17 @@
 """mixerlab's rebuilds of timm models against the timm models themselves: throughput ratio per mode.
 
     python benchmarks/peers.py [--batch-size 8 --img-size 224 --threads 2 --warmup 2 --reps 5] [--compile | --best]
-                               [--only swin_tiny_ml ...] [--csv benchmarks/results.csv]
+                               [--only swin_tiny_ml ...] [--order separate|balanced|...] [--csv benchmarks/results.csv]
 
-For each pair of ``mixerlab.zoo.peers.TIMM_PEERS`` this is ``mixerlab bench MODEL --peer TIMM``: both models
-in one process, the same random batch, the same settings, repetitions alternating, run twice (mixerlab
-first, then timm first, each in a fresh process: bench's balanced order), and the ratio is the median of the
-pooled paired throughput ratios mixerlab / timm (> 1: mixerlab faster); the CSV keeps each order's ratio too. ``--compile`` compares compiled
-with compiled; ``--best`` mixerlab's best inference mode (torch.compile with inductor's freezing) with timm's
-eager default (``mixerlab bench MODEL --peer TIMM --compile --freeze --peer-eager --modes infer``). Rows are
-appended to the CSV; a Markdown table of the ratios (with the absolute medians of the same run for scale) is
-printed at the end.
+For each pair of ``mixerlab.zoo.peers.TIMM_PEERS`` this is ``mixerlab bench MODEL --peer TIMM``: the same
+random batch and settings for both, each model in a process of its own (bench's default order, ``separate``),
+repetitions alternating in lock-step, and the ratio is the median of the paired throughput ratios mixerlab /
+timm (> 1: mixerlab faster). ``--order balanced`` puts both models in one process instead, run twice (mixerlab
+first, then timm first) and pooled; the CSV keeps each order's ratio too.
+``--compile`` compares compiled with compiled; ``--best`` mixerlab's best inference mode (torch.compile with
+inductor's freezing) with timm's eager default (``mixerlab bench MODEL --peer TIMM --compile --freeze
+--peer-eager --modes infer``). Rows are appended to the CSV; a Markdown table of the ratios (with the absolute
+medians of the same run for scale) is printed at the end.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from mixerlab.analysis.bench import DEFAULT_CSV, append_csv, benchmark
+from mixerlab.analysis.bench import DEFAULT_CSV, ORDERS, append_csv, benchmark
 from mixerlab.zoo.peers import TIMM_PEERS
 
 
@@ -33,6 +34,7 @@ def main() -> None:
     mode.add_argument("--compile", action="store_true", help="both models compiled")
     mode.add_argument("--best", action="store_true", help="inference: mixerlab compiled and frozen, timm eager")
     p.add_argument("--only", nargs="*", choices=sorted(TIMM_PEERS), help="subset of the mixerlab models")
+    p.add_argument("--order", default="separate", choices=ORDERS, help="see `mixerlab bench --help`")
     p.add_argument("--csv", default=str(DEFAULT_CSV))
     a = p.parse_args()
     setting = "compiled+frozen vs eager" if a.best else ("compiled" if a.compile else "eager")
@@ -43,7 +45,7 @@ def main() -> None:
             continue
         rec = benchmark(model, peer=peer, batch_size=a.batch_size, img_size=a.img_size, compile=a.compile or a.best,
                         freeze=a.best, peer_eager=a.best, modes=("infer",) if a.best else ("infer", "train"),
-                        warmup=a.warmup, reps=a.reps, threads=a.threads)
+                        warmup=a.warmup, reps=a.reps, threads=a.threads, order=a.order)
         append_csv(rec, a.csv)
         for mode, r in rec.results.items():
             q = r["ratio"]

@@ -8,6 +8,7 @@ import statistics
 from collections.abc import Callable
 
 import pytest
+import timm
 import torch
 from torch import nn
 
@@ -26,8 +27,8 @@ def with_peer() -> BenchRecord:
 
 
 @pytest.fixture(scope="module")
-def balanced() -> BenchRecord:  # the default with a peer: both orders, each in a spawned process
-    return benchmark("u_identity_micro", peer="resnet10t", **{**MICRO, "reps": 3})
+def balanced() -> BenchRecord:  # both orders, each in a spawned process
+    return benchmark("u_identity_micro", peer="resnet10t", **{**MICRO, "reps": 3}, order="balanced")
 
 
 def test_record_fields(with_peer):
@@ -92,6 +93,21 @@ def test_balanced_pools_both_orders_from_their_own_processes(balanced):
             own = [p / m for m, p in zip(part["mixerlab"]["times_ms"], part["peer"]["times_ms"], strict=True)]
             assert part["ratio"]["median"] == pytest.approx(statistics.median(own))
     json.dumps(balanced.to_dict())
+
+
+def test_separate_builds_each_model_in_a_process_of_its_own(monkeypatch):
+    def not_here(*_a, **_k):
+        raise AssertionError("the peer was built in the driving process")
+
+    monkeypatch.setattr(bench, "build_peer", not_here)  # the spawned processes import their own, unpatched
+    rec = benchmark("u_identity_micro", peer="resnet10t", **MICRO, modes=("infer",))  # the default order
+    r = rec.results["infer"]
+    assert rec.settings["order"] == "separate" and set(r) == {"mixerlab", "peer", "ratio"}
+    paired = [p / m for m, p in zip(r["mixerlab"]["times_ms"], r["peer"]["times_ms"], strict=True)]
+    assert len(paired) == MICRO["reps"] and r["ratio"]["median"] == pytest.approx(statistics.median(paired))
+    resnet = timm.create_model("resnet10t", in_chans=1, num_classes=10)
+    assert rec.models["peer"]["params_m"] == pytest.approx(sum(p.numel() for p in resnet.parameters()) / 1e6)
+    assert r["mixerlab"]["first_step_ms"] > 0 and r["peer"]["peak_memory_mb"] >= 0
 
 
 class Probe(nn.Module):

@@ -1,4 +1,4 @@
-"""Throughput and memory of a model, alone or against a timm peer in the same process (SPEC 8.2).
+"""Throughput and memory of a model, alone or against a timm peer measured side by side (SPEC 8.2).
 
 Conventions of timm's ``benchmark.py``: random input ``(B, C, S, S)``, warm-up steps, then timed steps,
 synchronised on CUDA. Two modes:
@@ -15,20 +15,23 @@ compiled model no longer sees changes to its parameters. Each repetition times o
 the median step time with its quartiles and range.
 
 With a ``peer`` (a timm model name) both models are built with the same input size, channels, classes and
-drop-path rate and measured in the same process, repetitions alternating (mixerlab, timm, timm, mixerlab, ...),
+drop-path rate and measured side by side, repetitions alternating (mixerlab, timm, timm, mixerlab, ...),
 so that both see the same machine load; ``peer_eager`` keeps the peer eager while mixerlab's model is compiled
 (mixerlab's best mode against timm's default one); ``ratio`` is the median over repetitions of the paired
 throughput ratio mixerlab / timm (> 1: mixerlab is faster). That ratio is the figure to quote, not two absolute times.
 
-``order`` says which model is warmed up (and compiled) first. It can matter on the CPU: glibc's allocator
-hands freed memory back to the kernel by its own thresholds, so the two models of a process do not pay the
-same fresh-page faults per step, and which pays more depends on who allocated first (compiled Swin-T train
-step, one process: 77k vs 24k minor faults per step and a ratio of 0.90 with mixerlab first, 0.99 with timm
-first; the direction is not the same in every run). ``balanced`` (the default with a peer) therefore runs the
-pair twice, each time in a fresh spawned process, mixerlab first and then timm first, and pools the
-repetitions of both; ``results[mode]["by_order"]`` keeps each process's own results. Each model's peak memory
-is taken from the process where it ran first (as it would alone); first-step times are the mixerlab-first
-process's, which runs first and so finds inductor's caches cold for both models.
+Where the models run: ``order="separate"`` (the default with a peer) gives each model a spawned process of
+its own, as a user runs it, driven from this one through a pipe: one warm-up after the other, then the ABBA
+repetitions, each step timed inside its process while the other process waits, blocked on the pipe. The other
+choices put both models in one process, and there the order matters on the CPU: glibc's allocator hands freed
+memory back to the kernel by its own thresholds, so the two models do not pay the same fresh-page faults per
+step, and which pays more depends on who allocated first (compiled Swin-T train step, one process: 77k vs 24k
+minor faults per step and a ratio of 0.90 with mixerlab first, 0.99 with timm first; the direction is not the
+same in every run; each model alone in its process: 1.04-1.06). ``mixerlab-first`` / ``peer-first`` fix the
+order; ``balanced`` runs the pair twice, each time in a fresh process, mixerlab first and then timm first, and
+pools the repetitions of both (``results[mode]["by_order"]`` keeps each process's own results; each model's
+peak memory is taken from the process where it ran first; first-step times from the mixerlab-first process,
+which runs first and so finds inductor's caches cold for both models).
 
 Peak memory is that of a steady step, measured over the warm-up steps after the first (the first compiles,
 creates the optimiser state and fills caches, and with a cold inductor cache compiling takes more resident
@@ -76,7 +79,7 @@ from .base import ModelSource, Record, resolve_model
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 MODES = ("infer", "train")
-ORDERS = ("balanced", "mixerlab-first", "peer-first")
+ORDERS = ("separate", "balanced", "mixerlab-first", "peer-first")
 DEFAULT_CSV = Path("benchmarks/results.csv")
 
 
@@ -278,17 +281,17 @@ def benchmark(model_or_name: ModelSource, *, peer: str | None = None, batch_size
               precision: str = "fp32", channels_last: bool = False,
               compile: bool = False, freeze: bool = False, peer_eager: bool = False, device: str = "cpu",
               warmup: int = 3, reps: int = 10, modes: Sequence[str] = MODES,
-              threads: int | None = None, order: str = "balanced") -> BenchRecord:
+              threads: int | None = None, order: str = "separate") -> BenchRecord:
     """Images/s, ms/step and peak memory of a model (a MixerNet, a registered name: built untrained at
     ``img_size`` / ``in_chans`` / ``num_classes``, or a run directory) in each of ``modes``, optionally against
     the timm model ``peer``; see the module docstring for the protocol. ``img_size`` / ``in_chans`` /
     ``num_classes`` default to 224 / 3 / 1000 for a name and to the model's own for a run or a module.
     ``threads`` sets torch's intra-op threads for the measurement (restored afterwards). ``order`` (with a
-    peer): which model runs first, or ``balanced``, both orders in two fresh processes, pooled. Nothing is
-    printed or written."""
-    named = isinstance(model_or_name, str) and model_or_name in MODEL_CONFIGS
-    if named:  # None is "the default"; a given 0 is an error below, not a default
-        img_size = 224 if img_size is None else img_size
+    peer): ``separate`` (each model in a process of its own, in lock-step), ``balanced`` (one process, both
+    orders in two fresh processes, pooled), ``mixerlab-first`` or ``peer-first``. Nothing is printed or
+    written."""
+    if isinstance(model_or_name, str) and model_or_name in MODEL_CONFIGS:  # None is "the default"; a given 0
+        img_size = 224 if img_size is None else img_size                   # is an error below, not a default
         in_chans = 3 if in_chans is None else in_chans
         num_classes = 1000 if num_classes is None else num_classes
     dev = _check(batch_size, 1 if img_size is None else img_size, 1 if in_chans is None else in_chans,
@@ -304,19 +307,7 @@ def benchmark(model_or_name: ModelSource, *, peer: str | None = None, batch_size
                   "warmup": warmup, "reps": reps, "modes": tuple(modes),
                   "threads": torch.get_num_threads() if threads is None else threads}
         return _balanced(model_or_name, kwargs)
-    if named:
-        net, source = resolve_model(model_or_name, device=dev, img_size=img_size, in_chans=in_chans,
-                                    num_classes=num_classes)
-    else:
-        net, source = resolve_model(model_or_name, device=dev)
-        if source["kind"] == "module":  # the train steps update weights: work on a copy of the caller's model
-            net = copy.deepcopy(net).to(dev)
-        own = getattr(net, "pretrained_cfg", {}).get("input_size", (3, 224, 224))
-        img_size = own[-1] if img_size is None else img_size
-        in_chans = own[0] if in_chans is None else in_chans
-        num_classes = max(getattr(net, "num_classes", 1000), 1) if num_classes is None else num_classes
-    if getattr(net, "in_chans", in_chans) != in_chans:
-        raise ConfigError(f"in_chans={in_chans} is invalid for this model: it takes in_chans={net.in_chans}")
+    net, source, img_size, in_chans, num_classes = _resolve(model_or_name, dev, img_size, in_chans, num_classes)
 
     old_threads, old_cudnn = torch.get_num_threads(), torch.backends.cudnn.benchmark
     if threads is not None:
@@ -334,69 +325,171 @@ def benchmark(model_or_name: ModelSource, *, peer: str | None = None, batch_size
         torch.backends.cudnn.benchmark = old_cudnn
 
 
+def _resolve(model_or_name: ModelSource, dev: torch.device, img_size: int | None, in_chans: int | None,
+             num_classes: int | None) -> tuple[nn.Module, dict[str, Any], int, int, int]:
+    """The model to measure (a copy of a caller's module) with its source and geometry (given or its own)."""
+    if isinstance(model_or_name, str) and model_or_name in MODEL_CONFIGS:
+        net, source = resolve_model(model_or_name, device=dev, img_size=img_size, in_chans=in_chans,
+                                    num_classes=num_classes)
+    else:
+        net, source = resolve_model(model_or_name, device=dev)
+        if source["kind"] == "module":  # the train steps update weights: work on a copy of the caller's model
+            net = copy.deepcopy(net).to(dev)
+        own = getattr(net, "pretrained_cfg", {}).get("input_size", (3, 224, 224))
+        img_size = own[-1] if img_size is None else img_size
+        in_chans = own[0] if in_chans is None else in_chans
+        num_classes = max(getattr(net, "num_classes", 1000), 1) if num_classes is None else num_classes
+    if getattr(net, "in_chans", in_chans) != in_chans:
+        raise ConfigError(f"in_chans={in_chans} is invalid for this model: it takes in_chans={net.in_chans}")
+    return net, source, img_size, in_chans, num_classes
+
+
 def _measure(net: nn.Module, source: dict[str, Any], peer: str | None, dev: torch.device, *, batch_size: int,
              img_size: int, in_chans: int, num_classes: int, precision: str, channels_last: bool, compile: bool,
              freeze: bool, peer_eager: bool, warmup: int, reps: int, modes: list[str], order: str) -> BenchRecord:
     cfg = getattr(net, "config", None)
     drop_path = float(cfg.drop_path) if cfg is not None else 0.0
-    nets = {"mixerlab": net}
-    if peer is not None:
-        nets["peer"] = build_peer(peer, img_size=img_size, in_chans=in_chans, num_classes=num_classes,
-                                  drop_path=drop_path).to(dev)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    spec = {"batch_size": batch_size, "img_size": img_size, "in_chans": in_chans, "num_classes": num_classes,
+            "precision": precision, "channels_last": channels_last, "device": str(dev)}
     compiled = {"mixerlab": compile, "peer": compile and not peer_eager}
-    runnable = {}
-    for key, m in nets.items():
-        m.to(memory_format=fmt)
-        runnable[key] = torch.compile(m) if compiled[key] else m
-
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch_size, in_chans, img_size, img_size, generator=g).to(dev, memory_format=fmt)
-    y = torch.randint(0, num_classes, (batch_size,), generator=g).to(dev)
     meter = MemoryMeter(dev)
-    settings = {"batch_size": batch_size, "img_size": img_size, "in_chans": in_chans, "num_classes": num_classes,
-                "precision": precision, "channels_last": channels_last, "compile": compile, "freeze": freeze,
-                "peer_compile": peer is not None and compiled["peer"], "device": str(dev),
+    settings = {**spec, "compile": compile, "freeze": freeze, "peer_compile": peer is not None and compiled["peer"],
                 "warmup": warmup, "reps": reps, "modes": modes, "drop_path": drop_path,
                 "optimizer": "AdamW(lr=1e-4)", "order": order if peer is not None else ""}
-    record = BenchRecord(source=source, timestamp=datetime.now(UTC).isoformat(timespec="seconds"), peer=peer,
-                         settings=settings, machine=machine_info(dev),
-                         memory_method=meter.method,
-                         models={k: {"name": source.get("model") if k == "mixerlab" else peer,
-                                     "params_m": sum(p.numel() for p in m.parameters()) / 1e6}
-                                 for k, m in nets.items()})
-    for mode in modes:
-        keys = list(runnable)[::-1] if order == "peer-first" else list(runnable)
-        steps = {k: make_step(runnable[k], mode, x, y, precision) for k in keys}
-        first, memory = {}, {}
-        for k, step in steps.items():  # warm-up one model at a time: the first step compiles, the others
-            first[k] = _timed(step)   # give the steady-state memory
-            meter.start()
-            for _ in range(warmup - 1):
-                step()
-            memory[k] = meter.peak_mb()
-        times: dict[str, list[float]] = {k: [] for k in steps}
-        order = list(steps)
-        for i in range(reps):  # alternating, ABBA: each repetition times every model once, the order reversed
-            for k in order if i % 2 == 0 else order[::-1]:  # every other time, so neither always goes first
-                times[k].append(_timed(steps[k]))
-        out: dict[str, Any] = {}
-        for k in nets:
-            ts = times[k]
-            ms = summary(ts)
-            out[k] = {"ms_per_step": ms, "images_per_s": 1000.0 * batch_size / ms["median"],
-                      "first_step_ms": first[k], "peak_memory_mb": memory[k], "times_ms": ts}
-        if peer is not None:  # paired: rep i of mixerlab against rep i of timm
-            out["ratio"] = summary([p / m for m, p in zip(times["mixerlab"], times["peer"], strict=True)])
-        record.results[mode] = out
+    models = {"mixerlab": {"name": source.get("model"), "params_m": sum(p.numel() for p in net.parameters()) / 1e6}}
+    sides: dict[str, _Side | _RemoteSide] = {}
+    with contextlib.ExitStack() as stack:
+        if peer is not None:
+            peer_build = {"img_size": img_size, "in_chans": in_chans, "num_classes": num_classes,
+                          "drop_path": drop_path}
+            if order == "separate":  # each model in a process of its own, driven in lock-step from here
+                threads = torch.get_num_threads()
+                for key, build in (("mixerlab", {"model": net.cpu()}), ("peer", {"peer": peer, **peer_build})):
+                    sides[key] = stack.enter_context(_RemoteSide({**build, "spec": spec, "compile": compiled[key],
+                                                                  "freeze": freeze, "threads": threads}))
+                models["peer"] = {"name": peer, "params_m": sides["peer"].params_m}
+            else:
+                peer_net = build_peer(peer, **peer_build).to(dev)
+                models["peer"] = {"name": peer, "params_m": sum(p.numel() for p in peer_net.parameters()) / 1e6}
+                sides = {"mixerlab": _Side(net, compile, spec), "peer": _Side(peer_net, compiled["peer"], spec)}
+        else:
+            sides = {"mixerlab": _Side(net, compile, spec)}
+        record = BenchRecord(source=source, timestamp=datetime.now(UTC).isoformat(timespec="seconds"), peer=peer,
+                             settings=settings, machine=machine_info(dev), memory_method=meter.method, models=models)
+        for mode in modes:
+            keys = list(sides)[::-1] if order == "peer-first" else list(sides)
+            first, memory = {}, {}
+            for k in keys:  # warm-up one model at a time: the first step compiles, the others give the memory
+                first[k], memory[k] = sides[k].warm(mode, warmup)
+            times: dict[str, list[float]] = {k: [] for k in keys}
+            for i in range(reps):  # alternating, ABBA: each repetition times every model once, the order reversed
+                for k in keys if i % 2 == 0 else keys[::-1]:  # every other time, so neither always goes first
+                    times[k].append(sides[k].time(mode))
+            out: dict[str, Any] = {}
+            for k in sides:
+                ms = summary(times[k])
+                out[k] = {"ms_per_step": ms, "images_per_s": 1000.0 * batch_size / ms["median"],
+                          "first_step_ms": first[k], "peak_memory_mb": memory[k], "times_ms": times[k]}
+            if peer is not None:  # paired: rep i of mixerlab against rep i of timm
+                out["ratio"] = summary([p / m for m, p in zip(times["mixerlab"], times["peer"], strict=True)])
+            record.results[mode] = out
     return record
+
+
+class _Side:
+    """One model of a measurement, where it runs: compiled as asked, its step per mode warmed up and timed on
+    the fixed random batch of ``spec``'s geometry (seeded, so every process builds the same batch)."""
+
+    def __init__(self, model: nn.Module, compile: bool, spec: dict[str, Any]) -> None:
+        dev = torch.device(spec["device"])
+        fmt = torch.channels_last if spec["channels_last"] else torch.contiguous_format
+        model.to(memory_format=fmt)
+        self.model = torch.compile(model) if compile else model
+        g = torch.Generator().manual_seed(0)
+        b, c, s = spec["batch_size"], spec["in_chans"], spec["img_size"]
+        self.x = torch.randn(b, c, s, s, generator=g).to(dev, memory_format=fmt)
+        self.y = torch.randint(0, spec["num_classes"], (b,), generator=g).to(dev)
+        self.precision, self.meter, self.steps = spec["precision"], MemoryMeter(dev), {}
+
+    def warm(self, mode: str, warmup: int) -> tuple[float, float]:
+        """The first step's ms (compilation included) and the peak memory MB of the remaining warm-up steps."""
+        step = self.steps[mode] = make_step(self.model, mode, self.x, self.y, self.precision)
+        first = _timed(step)
+        self.meter.start()
+        for _ in range(warmup - 1):
+            step()
+        return first, self.meter.peak_mb()
+
+    def time(self, mode: str) -> float:
+        return _timed(self.steps[mode])
+
+
+def _serve(conn: Any, build: dict[str, Any]) -> None:
+    """A spawned process holding one :class:`_Side`: runs its ``warm`` / ``time`` calls as they come through
+    ``conn``, blocked on the pipe (no CPU) between them, until told to stop."""
+    try:
+        torch.set_num_threads(build["threads"])
+        torch.backends.cudnn.benchmark = True
+        dev = torch.device(build["spec"]["device"])
+        if "peer" in build:
+            model = build_peer(build["peer"], **{k: build[k] for k in ("img_size", "in_chans", "num_classes",
+                                                                       "drop_path")}).to(dev)
+        else:
+            model = build["model"].to(dev)
+        with torch._inductor.config.patch(freezing=build["freeze"]) if build["freeze"] else contextlib.nullcontext():
+            side = _Side(model, build["compile"], build["spec"])
+            conn.send(("ok", sum(p.numel() for p in model.parameters()) / 1e6))
+            while (msg := conn.recv())[0] != "stop":
+                conn.send(("ok", getattr(side, msg[0])(*msg[1:])))
+    except Exception as e:  # handed to the driver, which raises it
+        conn.send(("error", e))
+
+
+class _RemoteSide:
+    """A :class:`_Side` in a spawned process of its own (a context manager: the process stops on exit)."""
+
+    def __init__(self, build: dict[str, Any]) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(child, build), daemon=True)
+        self.proc.start()
+        child.close()
+        self.params_m = self._reply()
+
+    def _reply(self) -> Any:
+        try:
+            status, value = self.conn.recv()
+        except EOFError:
+            self.proc.join()
+            raise RuntimeError(f"the benchmark process died (exit code {self.proc.exitcode})") from None
+        if status == "error":
+            raise value
+        return value
+
+    def warm(self, mode: str, warmup: int) -> tuple[float, float]:
+        self.conn.send(("warm", mode, warmup))
+        return self._reply()
+
+    def time(self, mode: str) -> float:
+        self.conn.send(("time", mode))
+        return self._reply()
+
+    def __enter__(self) -> _RemoteSide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.send(("stop",))
+        self.proc.join(timeout=60)
+        if self.proc.is_alive():
+            self.proc.terminate()
 
 
 def _balanced(model: ModelSource, kwargs: dict[str, Any]) -> BenchRecord:
     """The pair measured mixerlab-first, then peer-first, each in a fresh process (the allocator's state is
     per process, so no in-process order undoes it), pooled; see the module docstring."""
     records = {}
-    for order in ORDERS[1:]:  # one after the other: the two processes must not share the cores
+    for order in ("mixerlab-first", "peer-first"):  # one after the other: the processes must not share the cores
         with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
             records[order] = pool.submit(benchmark, model, order=order, **kwargs).result()
     ml_first, peer_first = records["mixerlab-first"], records["peer-first"]
@@ -450,7 +543,7 @@ def csv_rows(record: BenchRecord) -> list[dict[str, Any]]:
         for q in ("median", "q1", "q3", "min", "max"):
             row[f"ratio_{q}"] = round(res["ratio"][q], 4) if "ratio" in res else ""
         by_order = res.get("by_order", {s["order"]: res} if "ratio" in res else {})
-        for o in ORDERS[1:]:
+        for o in ("mixerlab-first", "peer-first"):
             r = by_order.get(o)
             row[f"ratio_median_{o.replace('-', '_')}"] = "" if r is None else round(r["ratio"]["median"], 4)
         row["memory_method"] = record.memory_method
@@ -508,8 +601,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reps", type=int, default=10, help="timed steps per model and mode (default 10)")
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    p.add_argument("--order", default="balanced", choices=ORDERS, help="with --peer: which model runs first; "
-                   "balanced (default): both orders, each in a fresh process, pooled")
+    p.add_argument("--order", default="separate", choices=ORDERS, help="with --peer: separate (default): each "
+                   "model in a process of its own, steps alternating in lock-step; balanced: both in one process, "
+                   "run mixerlab-first and peer-first in two fresh processes, pooled; or one fixed order")
     p.add_argument("--csv", default=str(DEFAULT_CSV), help=f"CSV to append to (default {DEFAULT_CSV}; '' for none)")
     p.add_argument("--format", default="table", choices=("table", "json"))
 
