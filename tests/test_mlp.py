@@ -8,7 +8,7 @@ from timm.layers import Mlp
 from torch import nn
 
 from mixerlab import mlp as mlp_module
-from mixerlab.mlp import ChunkedMlp, _ChunkedMlp
+from mixerlab.mlp import ChunkedMlp, chunked_mlp_train
 
 
 def _pair(c: int = 6, hidden: int = 10) -> tuple[Mlp, ChunkedMlp]:
@@ -28,7 +28,7 @@ def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_chunked_kernel_passes_gradcheck() -> None:
     shapes = [(11, 5), (7, 5), (7,), (5, 7), (5,)]  # x, w1, b1, w2, b2: 11 rows in chunks of 4
     args = [torch.randn(s, dtype=torch.float64, requires_grad=True) for s in shapes]
-    assert torch.autograd.gradcheck(lambda *a: _ChunkedMlp.apply(*a, 4), args, fast_mode=True)
+    assert torch.autograd.gradcheck(lambda *a: chunked_mlp_train(*a, 4)[0], args, fast_mode=True)
 
 
 @pytest.mark.usefixtures("small_chunks")
@@ -101,3 +101,64 @@ def test_compiled_cpu_mlp_adds_biases_apart_from_the_products() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         _, ops = _compiled_aten_ops(ChunkedMlp(6, 10), torch.randn(3, 6))
     assert torch.ops.aten.addmm.default in ops
+
+
+def test_chunked_ops_pass_torch_library_opcheck() -> None:
+    # Fake (meta) shapes, schema, autograd registration and aot_dispatch of the three custom ops.
+    x, w1, b1, w2, b2 = (torch.randn(s, dtype=torch.float64) for s in [(11, 5), (7, 5), (7,), (5, 7), (5,)])
+    torch.library.opcheck(torch.ops.mixerlab.chunked_mlp, (x, w1, b1, w2, b2, 4))
+    train_args = (x.requires_grad_(), w1.requires_grad_(), b1.requires_grad_(), w2.requires_grad_(),
+                  b2.requires_grad_(), 4)
+    torch.library.opcheck(torch.ops.mixerlab.chunked_mlp_train, train_args)
+    out, h = chunked_mlp_train(*train_args)
+    torch.library.opcheck(torch.ops.mixerlab.chunked_mlp_backward,
+                          (torch.randn_like(out), x.detach(), w1.detach(), w2.detach(), h.detach(), 4))
+
+
+@pytest.mark.usefixtures("small_chunks")
+def test_compiled_model_keeps_the_chunked_kernels() -> None:
+    plain, ours = _pair()
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+    y, ops = _compiled_aten_ops(ours, x)
+    assert torch.ops.mixerlab.chunked_mlp_train.default in ops and torch.ops.aten.addmm.default not in ops
+    ref = plain(x)
+    torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+    g = torch.linspace(-1, 1, 6, dtype=y.dtype)
+    got = torch.autograd.grad((y * g).sum(), [x, *ours.parameters()])
+    for a, b in zip(got, torch.autograd.grad((ref * g).sum(), [x, *plain.parameters()]), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        y, ops = _compiled_aten_ops(ours, x)
+        assert torch.ops.mixerlab.chunked_mlp.default in ops
+        torch.testing.assert_close(y, plain(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.usefixtures("small_chunks")
+def test_chunked_mlp_trains_a_partly_frozen_module() -> None:
+    # Only fc2 trains and x needs no gradient: the training kernel still runs, fc2's gradients are timm's.
+    plain, ours = _pair()
+    for m in (plain, ours):
+        m.fc1.requires_grad_(False)
+    x = torch.randn(4, 6, dtype=torch.float64)
+    got = torch.autograd.grad(ours(x).square().sum(), list(ours.fc2.parameters()))
+    want = torch.autograd.grad(plain(x).square().sum(), list(plain.fc2.parameters()))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.usefixtures("small_chunks")
+def test_cost_counter_counts_the_chunked_kernels_as_the_plain_mlp() -> None:
+    from mixerlab.complexity import CostCounter
+
+    plain, ours = _pair()
+    x = torch.randn(3, 9, 6, dtype=torch.float64, requires_grad=True)
+    counts = []
+    for m in (plain, ours):
+        y = m(x)
+        with CostCounter() as fwd:
+            m(x)
+        with CostCounter() as bwd:
+            y.sum().backward()
+        counts.append((fwd.macs, fwd.activations, bwd.macs, bwd.activations))
+    assert counts[0][0] == 27 * (6 * 10 * 2) and counts[1] == counts[0]

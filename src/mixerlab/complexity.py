@@ -89,6 +89,18 @@ def _grid_sampler(x: Tensor, _grid: Tensor, interpolation_mode: int, *_: Any, ou
     return out.numel() * {0: 4, 1: 1, 2: 16}[interpolation_mode]
 
 
+# mixerlab.mlp's chunked MLP kernels (custom ops, registered when .archs imports the blocks; a dispatch mode sees
+# them whole, not the products inside): the plain MLP's fc1 and fc2, and in backward each linear's input and
+# weight gradients, with the plain path's MACs and activations.
+def _chunked_mlp(x: Tensor, w1: Tensor, _b1: Tensor, w2: Tensor, *_: Any, out: Any, **__: Any) -> int:
+    return x.shape[0] * (w1.numel() + w2.numel())
+
+
+def _chunked_mlp_backward(_g: Tensor, x: Tensor, w1: Tensor, w2: Tensor, *_: Any, out: Any,
+                          **__: Any) -> tuple[int, int]:
+    return 2 * x.shape[0] * (w1.numel() + w2.numel()), x.shape[0] * (w1.shape[0] + x.shape[1]) + 2 * w1.numel()
+
+
 #: Formulas by op (an ``OpOverloadPacket`` such as ``torch.ops.aten.mm``). Ops without an entry
 #: fall back to torch's FLOP formulas (halved), then count nothing.
 FORMULAS: dict[Any, Formula] = {
@@ -104,6 +116,9 @@ FORMULAS: dict[Any, Formula] = {
     aten._scaled_dot_product_efficient_attention: _attention,
     aten._scaled_dot_product_cudnn_attention: _attention,
     aten.grid_sampler_2d: _grid_sampler,
+    torch.ops.mixerlab.chunked_mlp: _chunked_mlp,
+    torch.ops.mixerlab.chunked_mlp_train: _chunked_mlp,
+    torch.ops.mixerlab.chunked_mlp_backward: _chunked_mlp_backward,
 }
 
 

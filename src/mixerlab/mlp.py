@@ -2,8 +2,9 @@
 
 ``x (..., C) -> fc2(GELU(fc1(x))) (..., C)``, row by row; timm's module, state dict and init unchanged.
 
-On the CPU in eager mode, when the hidden activation ``(rows, rC)`` would be large (U-Swin / ConvNeXt stage 1
-at batch 8: 25088 x 384 floats, 38 MB), :class:`_ChunkedMlp` runs the rows a cache-sized chunk at a time:
+On the CPU, eager or compiled, when the hidden activation ``(rows, rC)`` would be large (U-Swin / ConvNeXt stage 1
+at batch 8: 25088 x 384 floats, 38 MB), the custom ops :func:`chunked_mlp` (inference) and
+:func:`chunked_mlp_train` (with :func:`chunked_mlp_backward`) run the rows a cache-sized chunk at a time:
 fc1, GELU and fc2 of a chunk stay in L2 and no hidden-sized temporary is allocated. The plain module writes
 fc1's output and GELU's output to fresh tensors that large; the allocator serves each with newly mapped pages,
 and faulting them in costs about as much as the matrix product itself (a 38 MB ``empty().fill_()``: 20 ms;
@@ -11,7 +12,7 @@ fc1 into a preallocated output 16 ms against 31 ms into a fresh one, 2 threads).
 fc1's output and recomputes GELU per chunk in backward (one hidden-sized tensor saved instead of two).
 torch.fx sees the plain module; so do other devices, autocast, dropout and non-GELU activations.
 
-Under torch.compile on the CPU (no autocast) the biases are added apart from the products,
+Under torch.compile on the CPU (no autocast), an MLP below those sizes has its biases added apart from the products,
 ``GELU(x @ w1.T + b1) @ w2.T + b2``: inductor lowers a Linear with bias to ``aten.addmm``, whose CPU kernel first
 broadcasts the bias into the whole output and then accumulates the product into it (one more write and read of
 the output), whereas an unfused ``+ b`` joins the elementwise kernel that reads the product anyway (GELU; layer
@@ -27,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 from .layers import is_fx_tracing
 
@@ -44,47 +44,87 @@ def chunk_rows(hidden: int, itemsize: int) -> int:
     return max(64, _CHUNK_BYTES // (hidden * itemsize))
 
 
-class _ChunkedMlp(torch.autograd.Function):
-    """``fc2(GELU(fc1(x)))`` for ``x`` ``(M, C)``, ``w1`` ``(rC, C)``, ``w2`` ``(C, rC)``, a chunk of rows at a time.
+# The chunked kernels are custom ops (opaque to torch.compile, with a fake for shapes and autograd registered), so
+# a compiled model keeps them: inductor would otherwise write the whole hidden activation twice (fc1, GELU) into
+# fresh memory, as the plain module does.
+@torch.library.custom_op("mixerlab::chunked_mlp", mutates_args=())
+def chunked_mlp(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, rows: int) -> Tensor:
+    """``fc2(GELU(fc1(x)))`` without autograd for ``x`` ``(M, C)``, ``w1`` ``(rC, C)``, ``w2`` ``(C, rC)``, a chunk
+    of ``rows`` rows at a time through one L2-sized hidden buffer (GELU in place)."""
+    out = x.new_empty(x.shape[0], w2.shape[0])
+    h = x.new_empty(min(rows, x.shape[0]), w1.shape[0])
+    for i in range(0, x.shape[0], rows):
+        n = min(rows, x.shape[0] - i)
+        hc = torch.ops.aten.gelu_(torch.addmm(b1, x[i:i + n], w1.t(), out=h[:n]))
+        torch.addmm(b2, hc, w2.t(), out=out[i:i + n])
+    return out
+
+
+@chunked_mlp.register_fake
+def _(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, rows: int) -> Tensor:
+    return x.new_empty(x.shape[0], w2.shape[0])
+
+
+@torch.library.custom_op("mixerlab::chunked_mlp_train", mutates_args=())
+def chunked_mlp_train(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, rows: int) -> tuple[Tensor, Tensor]:
+    """:func:`chunked_mlp` keeping fc1's output ``h`` ``(M, rC)`` for backward: returns ``(out, h)``.
 
     Hand-written because autograd of the plain expression saves fc1's and GELU's full outputs and allocates
-    every hidden-sized gradient at once; here backward recomputes GELU per chunk from the saved fc1 output and
-    accumulates the weight gradients chunk by chunk (same products, summed in chunk order)."""
+    every hidden-sized gradient at once; here backward (:func:`chunked_mlp_backward`) recomputes GELU per chunk
+    from ``h`` and accumulates the weight gradients chunk by chunk (same products, summed in chunk order)."""
+    out, h = x.new_empty(x.shape[0], w2.shape[0]), x.new_empty(x.shape[0], w1.shape[0])
+    for i in range(0, x.shape[0], rows):
+        n = min(rows, x.shape[0] - i)
+        hc = torch.addmm(b1, x[i:i + n], w1.t(), out=h[i:i + n])
+        torch.addmm(b2, F.gelu(hc), w2.t(), out=out[i:i + n])
+    return out, h
 
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, rows: int) -> Tensor:
-        saving = any(ctx.needs_input_grad[:5])
-        out = x.new_empty(x.shape[0], w2.shape[0])
-        h = x.new_empty(x.shape[0], w1.shape[0]) if saving else x.new_empty(min(rows, x.shape[0]), w1.shape[0])
-        for i in range(0, x.shape[0], rows):
-            n = min(rows, x.shape[0] - i)
-            hc = torch.addmm(b1, x[i:i + n], w1.t(), out=h[i:i + n] if saving else h[:n])
-            a = F.gelu(hc) if saving else torch.ops.aten.gelu_(hc)
-            torch.addmm(b2, a, w2.t(), out=out[i:i + n])
-        if saving:
-            ctx.save_for_backward(x, w1, w2, h)
-            ctx.rows = rows
-        return out
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
-        x, w1, w2, h = ctx.saved_tensors
-        g = g.contiguous()
-        need_x = ctx.needs_input_grad[0]
-        grad_x = torch.empty_like(x) if need_x else None
-        grad_w1, grad_b1 = torch.zeros_like(w1), torch.zeros(w1.shape[0], dtype=w1.dtype, device=w1.device)
-        grad_w2, grad_b2 = torch.zeros_like(w2), g.sum(0)
-        for i in range(0, x.shape[0], ctx.rows):
-            n = min(ctx.rows, x.shape[0] - i)
-            hc, gc = h[i:i + n], g[i:i + n]
-            grad_w2.addmm_(gc.t(), F.gelu(hc))
-            gh = torch.ops.aten.gelu_backward(gc @ w2, hc)
-            grad_b1.add_(gh.sum(0))
-            grad_w1.addmm_(gh.t(), x[i:i + n])
-            if grad_x is not None:
-                torch.mm(gh, w1, out=grad_x[i:i + n])
-        return grad_x, grad_w1, grad_b1, grad_w2, grad_b2, None
+@chunked_mlp_train.register_fake
+def _(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, rows: int) -> tuple[Tensor, Tensor]:
+    return x.new_empty(x.shape[0], w2.shape[0]), x.new_empty(x.shape[0], w1.shape[0])
+
+
+@torch.library.custom_op("mixerlab::chunked_mlp_backward", mutates_args=())
+def chunked_mlp_backward(g: Tensor, x: Tensor, w1: Tensor, w2: Tensor, h: Tensor,
+                         rows: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of :func:`chunked_mlp_train`'s ``out`` for the cotangent ``g`` ``(M, C)``: ``(x, w1, b1, w2,
+    b2)``. Not differentiable again (no double backward)."""
+    g = g.contiguous()
+    grad_x = torch.empty_like(x)
+    grad_w1, grad_b1 = torch.zeros_like(w1), w1.new_zeros(w1.shape[0])
+    grad_w2, grad_b2 = torch.zeros_like(w2), g.sum(0)
+    for i in range(0, x.shape[0], rows):
+        n = min(rows, x.shape[0] - i)
+        hc, gc = h[i:i + n], g[i:i + n]
+        grad_w2.addmm_(gc.t(), F.gelu(hc))
+        gh = torch.ops.aten.gelu_backward(gc @ w2, hc)
+        grad_b1.add_(gh.sum(0))
+        grad_w1.addmm_(gh.t(), x[i:i + n])
+        torch.mm(gh, w1, out=grad_x[i:i + n])
+    return grad_x, grad_w1, grad_b1, grad_w2, grad_b2
+
+
+@chunked_mlp_backward.register_fake
+def _(g: Tensor, x: Tensor, w1: Tensor, w2: Tensor, h: Tensor,
+      rows: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return torch.empty_like(x), torch.empty_like(w1), w1.new_empty(w1.shape[0]), torch.empty_like(w2), \
+        w2.new_empty(w2.shape[0])
+
+
+def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
+    x, w1, _, w2, _, rows = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(x, w1, w2, output[1])
+    ctx.rows = rows
+
+
+def _backward(ctx: Any, g: Tensor, _: Tensor | None) -> tuple[Tensor | None, ...]:
+    x, w1, w2, h = ctx.saved_tensors
+    return (*chunked_mlp_backward(g, x, w1, w2, h, ctx.rows), None)
+
+
+chunked_mlp_train.register_autograd(_backward, setup_context=_setup_context)
 
 
 class ChunkedMlp(Mlp):
@@ -100,25 +140,25 @@ class ChunkedMlp(Mlp):
         return (x.device.type == "cpu" and not torch.is_autocast_enabled("cpu") and self.fc1.bias is not None
                 and self.fc2.bias is not None)
 
+    def _needs_grad(self, x: Tensor) -> bool:
+        return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+
     def _chunked(self, x: Tensor) -> bool:
-        if is_fx_tracing() or torch.compiler.is_compiling() or not self._cpu_kernels(x):
+        if is_fx_tracing() or not self._cpu_kernels(x) or x.dtype != self.fc1.weight.dtype:
             return False
-        if x.dtype != self.fc1.weight.dtype:
-            return False
-        grad = torch.is_grad_enabled() and (x.requires_grad or self.fc1.weight.requires_grad)
         hidden_bytes = x.numel() // x.shape[-1] * self.fc1.out_features * x.element_size()
-        return hidden_bytes >= _MIN_HIDDEN_BYTES["train" if grad else "infer"]
+        return hidden_bytes >= _MIN_HIDDEN_BYTES["train" if self._needs_grad(x) else "infer"]
 
     def _unfused_bias(self, x: Tensor) -> bool:
         return torch.compiler.is_compiling() and self._cpu_kernels(x)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self._chunked(x):
+            rows = chunk_rows(self.fc1.out_features, x.element_size())
+            args = (x.reshape(-1, x.shape[-1]), self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, rows)
+            y = chunked_mlp_train(*args)[0] if self._needs_grad(x) else chunked_mlp(*args)
+            return y.view(*x.shape[:-1], y.shape[-1])
         if self._unfused_bias(x):
             h = self.act(F.linear(x, self.fc1.weight) + self.fc1.bias)
             return F.linear(h, self.fc2.weight) + self.fc2.bias
-        if not self._chunked(x):
-            return super().forward(x)
-        rows = chunk_rows(self.fc1.out_features, x.element_size())
-        y = _ChunkedMlp.apply(x.reshape(-1, x.shape[-1]), self.fc1.weight, self.fc1.bias, self.fc2.weight,
-                              self.fc2.bias, rows)
-        return y.view(*x.shape[:-1], y.shape[-1])
+        return super().forward(x)

@@ -578,7 +578,8 @@ def append_csv(record: BenchRecord, path: str | Path = DEFAULT_CSV) -> Path:
 
 # ---- mixerlab bench ----------------------------------------------------------------------------------
 
-BENCH_HELP = "throughput (images/s, ms/step) and peak memory, optionally against a timm peer in the same process"
+BENCH_HELP = ("throughput (images/s, ms/step) and peak memory, optionally against a timm peer "
+              "(each model in a process of its own, steps alternating)")
 
 
 def configure(p: argparse.ArgumentParser) -> None:
