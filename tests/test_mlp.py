@@ -86,17 +86,23 @@ def _compiled_aten_ops(m: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, set
     return torch.compile(m, backend=aot_autograd(fw_compiler=forward_graph), fullgraph=True)(x), ops
 
 
+def _assert_same_with_gradients(y: torch.Tensor, ours: nn.Module, plain: Mlp, x: torch.Tensor) -> None:
+    """``y = ours(x)`` (compiled or not) equals timm's ``plain(x)`` in float64, and so do the gradients of a
+    fixed cotangent with respect to ``x`` and every parameter."""
+    ref = plain(x)
+    torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+    g = torch.linspace(-1, 1, y.shape[-1], dtype=y.dtype)
+    got = torch.autograd.grad((y * g).sum(), [x, *ours.parameters()])
+    for a, b in zip(got, torch.autograd.grad((ref * g).sum(), [x, *plain.parameters()]), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_compiled_cpu_mlp_adds_biases_apart_from_the_products() -> None:
     plain, ours = _pair()
     x = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
     y, ops = _compiled_aten_ops(ours, x)
     assert torch.ops.aten.addmm.default not in ops and torch.ops.aten.mm.default in ops
-    ref = plain(x)
-    torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
-    g = torch.linspace(-1, 1, 6, dtype=y.dtype)
-    got = torch.autograd.grad((y * g).sum(), [x, *ours.parameters()])
-    for a, b in zip(got, torch.autograd.grad((ref * g).sum(), [x, *plain.parameters()]), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    _assert_same_with_gradients(y, ours, plain, x)
     # Under autocast the plain module runs (its Linear casts the bias with the product's dtype).
     with torch.autocast("cpu", dtype=torch.bfloat16):
         _, ops = _compiled_aten_ops(ChunkedMlp(6, 10), torch.randn(3, 6))
@@ -121,12 +127,7 @@ def test_compiled_model_keeps_the_chunked_kernels() -> None:
     x = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
     y, ops = _compiled_aten_ops(ours, x)
     assert torch.ops.mixerlab.chunked_mlp_train.default in ops and torch.ops.aten.addmm.default not in ops
-    ref = plain(x)
-    torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
-    g = torch.linspace(-1, 1, 6, dtype=y.dtype)
-    got = torch.autograd.grad((y * g).sum(), [x, *ours.parameters()])
-    for a, b in zip(got, torch.autograd.grad((ref * g).sum(), [x, *plain.parameters()]), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    _assert_same_with_gradients(y, ours, plain, x)
     torch._dynamo.reset()
     with torch.no_grad():
         y, ops = _compiled_aten_ops(ours, x)

@@ -127,10 +127,17 @@ def test_same_function_on_the_paths_the_benchmarks_time(ml_name: str, pairs: Pai
     softmax kernel. Logits without and with autograd, and the input gradient, match timm's."""
     theirs, ours = pairs(ml_name)
     calls = {"chunked_mlp": 0, "chunked_mlp_train": 0}
-    for op in calls:
+
+    def counted(op: str) -> Callable[..., object]:
         kernel = getattr(mlp_module, op)
-        monkeypatch.setattr(mlp_module, op, lambda *a, op=op, kernel=kernel: calls.__setitem__(op, calls[op] + 1)
-                            or kernel(*a))
+
+        def call(*args: object) -> object:
+            calls[op] += 1
+            return kernel(*args)
+        return call
+
+    for op in calls:
+        monkeypatch.setattr(mlp_module, op, counted(op))
     g = torch.Generator().manual_seed(12)
     x = torch.randn(8, 3, 224, 224, generator=g)
     with torch.no_grad():

@@ -47,17 +47,24 @@ def chunk_rows(hidden: int, itemsize: int) -> int:
 # The chunked kernels are custom ops (opaque to torch.compile, with a fake for shapes and autograd registered), so
 # a compiled model keeps them: inductor would otherwise write the whole hidden activation twice (fc1, GELU) into
 # fresh memory, as the plain module does.
+def _chunked_forward(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, rows: int,
+                     keep: bool) -> tuple[Tensor, Tensor]:
+    """``(fc2(GELU(fc1(x))), h)``, ``rows`` rows at a time. ``keep``: ``h`` is fc1's whole output ``(M, rC)``
+    for backward; otherwise one chunk-sized buffer, reused, with GELU applied in place."""
+    out = x.new_empty(x.shape[0], w2.shape[0])
+    h = x.new_empty(x.shape[0] if keep else min(rows, x.shape[0]), w1.shape[0])
+    for i in range(0, x.shape[0], rows):
+        n = min(rows, x.shape[0] - i)
+        hc = torch.addmm(b1, x[i:i + n], w1.t(), out=h[i:i + n] if keep else h[:n])
+        torch.addmm(b2, F.gelu(hc) if keep else torch.ops.aten.gelu_(hc), w2.t(), out=out[i:i + n])
+    return out, h
+
+
 @torch.library.custom_op("mixerlab::chunked_mlp", mutates_args=())
 def chunked_mlp(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, rows: int) -> Tensor:
     """``fc2(GELU(fc1(x)))`` without autograd for ``x`` ``(M, C)``, ``w1`` ``(rC, C)``, ``w2`` ``(C, rC)``, a chunk
     of ``rows`` rows at a time through one L2-sized hidden buffer (GELU in place)."""
-    out = x.new_empty(x.shape[0], w2.shape[0])
-    h = x.new_empty(min(rows, x.shape[0]), w1.shape[0])
-    for i in range(0, x.shape[0], rows):
-        n = min(rows, x.shape[0] - i)
-        hc = torch.ops.aten.gelu_(torch.addmm(b1, x[i:i + n], w1.t(), out=h[:n]))
-        torch.addmm(b2, hc, w2.t(), out=out[i:i + n])
-    return out
+    return _chunked_forward(x, w1, b1, w2, b2, rows, keep=False)[0]
 
 
 @chunked_mlp.register_fake
@@ -72,12 +79,7 @@ def chunked_mlp_train(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor,
     Hand-written because autograd of the plain expression saves fc1's and GELU's full outputs and allocates
     every hidden-sized gradient at once; here backward (:func:`chunked_mlp_backward`) recomputes GELU per chunk
     from ``h`` and accumulates the weight gradients chunk by chunk (same products, summed in chunk order)."""
-    out, h = x.new_empty(x.shape[0], w2.shape[0]), x.new_empty(x.shape[0], w1.shape[0])
-    for i in range(0, x.shape[0], rows):
-        n = min(rows, x.shape[0] - i)
-        hc = torch.addmm(b1, x[i:i + n], w1.t(), out=h[i:i + n])
-        torch.addmm(b2, F.gelu(hc), w2.t(), out=out[i:i + n])
-    return out, h
+    return _chunked_forward(x, w1, b1, w2, b2, rows, keep=True)
 
 
 @chunked_mlp_train.register_fake
