@@ -163,3 +163,44 @@ def test_cost_counter_counts_the_chunked_kernels_as_the_plain_mlp() -> None:
             y.sum().backward()
         counts.append((fwd.macs, fwd.activations, bwd.macs, bwd.activations))
     assert counts[0][0] == 27 * (6 * 10 * 2) and counts[1] == counts[0]
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+@pytest.mark.usefixtures("small_chunks")
+@pytest.mark.parametrize("backend", ["onednn", "blas"])
+def test_float32_chunked_kernels_within_the_rounding_bound(backend: str) -> None:
+    """The chunked kernels in float32 on either product backend (``mixerlab.linear``): output and input gradient
+    against float64 within the worst-case rounding bound of the chain fc1 -> GELU -> fc2 (and back)."""
+    from mixerlab.linear import cpu_matmul_backend, set_cpu_matmul_backend
+
+    eps, before = torch.finfo(torch.float32).eps, cpu_matmul_backend()
+    set_cpu_matmul_backend(backend)
+    try:
+        g = torch.Generator().manual_seed(3)
+        m = ChunkedMlp(6, 10)
+        x = torch.randn(3, 9, 6, generator=g, requires_grad=True)
+        cot = torch.randn(3, 9, 6, generator=g)
+        y = m(x)
+        assert m._chunked(x) == "train"
+        (y * cot).sum().backward()
+        with torch.no_grad():
+            assert m._chunked(x) == "infer"
+            y_infer = m(x)
+    finally:
+        set_cpu_matmul_backend(before)
+    xd, cd = x.detach().double(), cot.double()
+    w1, b1, w2, b2 = (p.detach().double() for p in (m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias))
+    h = xd @ w1.t() + b1
+    a = torch.nn.functional.gelu(h)
+    # gamma_K (|x| |W|^T + |b|) per product; |GELU'| <= 1.13 and |GELU''| <= 0.8 carry errors through the activation.
+    e_h = 7 * eps * (xd.abs() @ w1.abs().t() + b1.abs())
+    e_a = 1.13 * e_h + eps * a.abs()
+    bound_y = e_a @ w2.abs().t() + 11 * eps * (a.abs() @ w2.abs().t() + b2.abs())
+    for got in (y, y_infer):
+        assert ((got.detach().double() - (a @ w2.t() + b2)).abs() <= bound_y).all()
+    u = cd @ w2
+    slope = torch.ops.aten.gelu_backward(torch.ones_like(h), h)
+    e_u = 7 * eps * (cd.abs() @ w2.abs())
+    e_gh = 1.13 * e_u + 0.8 * e_h * u.abs() + 2 * eps * (slope * u).abs()
+    bound_gx = e_gh @ w1.abs() + 11 * eps * ((slope * u).abs() @ w1.abs())
+    assert ((x.grad.double() - (slope * u) @ w1).abs() <= bound_gx).all()

@@ -101,6 +101,17 @@ def _chunked_mlp_backward(_g: Tensor, x: Tensor, w1: Tensor, w2: Tensor, *_: Any
     return 2 * x.shape[0] * (w1.numel() + w2.numel()), x.shape[0] * (w1.shape[0] + x.shape[1]) + 2 * w1.numel()
 
 
+# mixerlab.linear's oneDNN products (custom ops): the Linear's matrix product, and in backward the input and weight
+# gradients' products, each counted only when computed (a flag off returns an empty tensor).
+def _linear(x: Tensor, *_: Any, out: Tensor, **__: Any) -> int:
+    return out.numel() * x.shape[-1]
+
+
+def _linear_backward(g: Tensor, *_: Any, out: tuple[Tensor, Tensor], **__: Any) -> int:
+    # grad x (M, K) = g (M, N) @ W: N per element; grad W (N, K) = g^T @ x: M per element.
+    return out[0].numel() * g.shape[-1] + out[1].numel() * (g.numel() // g.shape[-1])
+
+
 #: Formulas by op (an ``OpOverloadPacket`` such as ``torch.ops.aten.mm``). Ops without an entry
 #: fall back to torch's FLOP formulas (halved), then count nothing.
 FORMULAS: dict[Any, Formula] = {
@@ -119,6 +130,9 @@ FORMULAS: dict[Any, Formula] = {
     torch.ops.mixerlab.chunked_mlp: _chunked_mlp,
     torch.ops.mixerlab.chunked_mlp_train: _chunked_mlp,
     torch.ops.mixerlab.chunked_mlp_backward: _chunked_mlp_backward,
+    torch.ops.mixerlab.linear: _linear,
+    torch.ops.mixerlab.linear_gelu: _linear,
+    torch.ops.mixerlab.linear_backward: _linear_backward,
 }
 
 

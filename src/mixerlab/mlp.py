@@ -10,9 +10,11 @@ fc1's output and GELU's output to fresh tensors that large; the allocator serves
 and faulting them in costs about as much as the matrix product itself (a 38 MB ``empty().fill_()``: 20 ms;
 fc1 into a preallocated output 16 ms against 31 ms into a fresh one, 2 threads). For training it keeps only
 fc1's output and recomputes GELU per chunk in backward (one hidden-sized tensor saved instead of two).
-torch.fx sees the plain module; so do other devices, autocast, dropout and non-GELU activations.
+torch.fx sees the plain module; so do other devices, autocast, dropout and non-GELU activations. Where
+``mixerlab.linear`` measured oneDNN as the faster float32 product (AMD CPUs), the chunks' products and the plain
+path's run on it, GELU fused into fc1's output for inference.
 
-Under torch.compile on the CPU (no autocast), an MLP below those sizes has its biases added apart from the products,
+Under torch.compile on the CPU (no autocast, torch's BLAS), an MLP below those sizes has its biases added apart from the products,
 ``GELU(x @ w1.T + b1) @ w2.T + b2``: inductor lowers a Linear with bias to ``aten.addmm``, whose CPU kernel first
 broadcasts the bias into the whole output and then accumulates the product into it (one more write and read of
 the output), whereas an unfused ``+ b`` joins the elementwise kernel that reads the product anyway (GELU; layer
@@ -30,6 +32,7 @@ from timm.layers import Mlp
 from torch import Tensor, nn
 
 from .layers import is_fx_tracing
+from .linear import _onednn_mm_nt, cpu_matmul_backend, grad_weight, linear_fn, uses_onednn
 
 # A chunk's hidden activation (rows x rC): L2-sized; e.g. 1024 rows of 384 floats.
 _CHUNK_BYTES = 3 << 19
@@ -47,16 +50,28 @@ def chunk_rows(hidden: int, itemsize: int) -> int:
 # The chunked kernels are custom ops (opaque to torch.compile, with a fake for shapes and autograd registered), so
 # a compiled model keeps them: inductor would otherwise write the whole hidden activation twice (fc1, GELU) into
 # fresh memory, as the plain module does.
+def _onednn(x: Tensor) -> bool:
+    return x.dtype == torch.float32 and cpu_matmul_backend() == "onednn"
+
+
 def _chunked_forward(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, rows: int,
                      keep: bool) -> tuple[Tensor, Tensor]:
     """``(fc2(GELU(fc1(x))), h)``, ``rows`` rows at a time. ``keep``: ``h`` is fc1's whole output ``(M, rC)``
-    for backward; otherwise one chunk-sized buffer, reused, with GELU applied in place."""
+    for backward; otherwise one chunk-sized buffer, reused, with GELU applied in place. The products run on
+    oneDNN where it is this process's faster backend (``mixerlab.linear``; it has no ``out=``, so each chunk's
+    result is copied into place, a chunk-sized copy that stays in cache), else on torch's ``addmm``."""
     out = x.new_empty(x.shape[0], w2.shape[0])
     h = x.new_empty(x.shape[0] if keep else min(rows, x.shape[0]), w1.shape[0])
+    onednn = _onednn(x)
     for i in range(0, x.shape[0], rows):
         n = min(rows, x.shape[0] - i)
-        hc = torch.addmm(b1, x[i:i + n], w1.t(), out=h[i:i + n] if keep else h[:n])
-        torch.addmm(b2, F.gelu(hc) if keep else torch.ops.aten.gelu_(hc), w2.t(), out=out[i:i + n])
+        xc, hc = x[i:i + n], h[i:i + n] if keep else h[:n]
+        if onednn:
+            hc.copy_(_onednn_mm_nt(xc, w1, b1, "none" if keep else "gelu"))
+            out[i:i + n] = _onednn_mm_nt(F.gelu(hc) if keep else hc, w2, b2)
+        else:
+            torch.addmm(b1, xc, w1.t(), out=hc)
+            torch.addmm(b2, F.gelu(hc) if keep else torch.ops.aten.gelu_(hc), w2.t(), out=out[i:i + n])
     return out, h
 
 
@@ -96,14 +111,21 @@ def chunked_mlp_backward(g: Tensor, x: Tensor, w1: Tensor, w2: Tensor, h: Tensor
     grad_x = torch.empty_like(x)
     grad_w1, grad_b1 = torch.zeros_like(w1), w1.new_zeros(w1.shape[0])
     grad_w2, grad_b2 = torch.zeros_like(w2), g.sum(0)
+    onednn = _onednn(x)
     for i in range(0, x.shape[0], rows):
         n = min(rows, x.shape[0] - i)
-        hc, gc = h[i:i + n], g[i:i + n]
-        grad_w2.addmm_(gc.t(), F.gelu(hc))
-        gh = torch.ops.aten.gelu_backward(gc @ w2, hc)
+        hc, gc, xc = h[i:i + n], g[i:i + n], x[i:i + n]
+        if onednn:
+            grad_w2.add_(grad_weight(gc, F.gelu(hc)))
+            gh = torch.ops.aten.gelu_backward(_onednn_mm_nt(gc, w2.t()), hc)
+            grad_w1.add_(grad_weight(gh, xc))
+            grad_x[i:i + n] = _onednn_mm_nt(gh, w1.t())
+        else:
+            grad_w2.addmm_(gc.t(), F.gelu(hc))
+            gh = torch.ops.aten.gelu_backward(gc @ w2, hc)
+            grad_w1.addmm_(gh.t(), xc)
+            torch.mm(gh, w1, out=grad_x[i:i + n])
         grad_b1.add_(gh.sum(0))
-        grad_w1.addmm_(gh.t(), x[i:i + n])
-        torch.mm(gh, w1, out=grad_x[i:i + n])
     return grad_x, grad_w1, grad_b1, grad_w2, grad_b2
 
 
@@ -130,12 +152,18 @@ chunked_mlp_train.register_autograd(_backward, setup_context=_setup_context)
 
 
 class ChunkedMlp(Mlp):
-    """timm's ``Mlp`` (GELU, no dropout, no norm) whose CPU eager forward runs through :class:`_ChunkedMlp` when
-    the hidden activation would be large, and whose CPU compiled forward adds the biases apart (see the module
-    docstring); the same function everywhere."""
+    """timm's ``Mlp`` (GELU, no dropout, no norm) whose CPU forward runs through the chunked kernels when the
+    hidden activation would be large, through ``mixerlab.linear``'s oneDNN products where those are faster, and
+    under torch.compile otherwise with the biases added apart (see the module docstring); the same function
+    everywhere."""
 
     def __init__(self, in_features: int, hidden_features: int) -> None:
         super().__init__(in_features, hidden_features, act_layer=nn.GELU)
+        cpu_matmul_backend()  # measured when the model is made (or unpickled), not in its first step
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        cpu_matmul_backend()
 
     def _cpu_kernels(self, x: Tensor) -> bool:
         """What both CPU paths assume: a CPU input outside autocast, and both biases (each path adds them itself)."""
@@ -145,21 +173,26 @@ class ChunkedMlp(Mlp):
     def _needs_grad(self, x: Tensor) -> bool:
         return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
 
-    def _chunked(self, x: Tensor) -> bool:
+    def _chunked(self, x: Tensor) -> str | None:
+        """``train`` or ``infer``: the chunked kernel ``x`` takes; None: not chunked."""
         if is_fx_tracing() or not self._cpu_kernels(x) or x.dtype != self.fc1.weight.dtype:
-            return False
+            return None
         hidden_bytes = x.numel() // x.shape[-1] * self.fc1.out_features * x.element_size()
-        return hidden_bytes >= _MIN_HIDDEN_BYTES["train" if self._needs_grad(x) else "infer"]
+        mode = "train" if self._needs_grad(x) else "infer"
+        return mode if hidden_bytes >= _MIN_HIDDEN_BYTES[mode] else None
 
     def _unfused_bias(self, x: Tensor) -> bool:
         return torch.compiler.is_compiling() and self._cpu_kernels(x)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self._chunked(x):
+        mode = self._chunked(x)
+        if mode is not None:
             rows = chunk_rows(self.fc1.out_features, x.element_size())
             args = (x.reshape(-1, x.shape[-1]), self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, rows)
-            y = chunked_mlp_train(*args)[0] if self._needs_grad(x) else chunked_mlp(*args)
+            y = chunked_mlp_train(*args)[0] if mode == "train" else chunked_mlp(*args)
             return y.view(*x.shape[:-1], y.shape[-1])
+        if uses_onednn(x, self.fc1.weight):
+            return linear_fn(linear_fn(x, self.fc1.weight, self.fc1.bias, gelu=True), self.fc2.weight, self.fc2.bias)
         if self._unfused_bias(x):
             h = self.act(F.linear(x, self.fc1.weight) + self.fc1.bias)
             return F.linear(h, self.fc2.weight) + self.fc2.bias

@@ -74,6 +74,7 @@ from torch import nn
 
 from .. import __version__
 from ..errors import ConfigError, check_choice, check_int
+from ..linear import cpu_matmul_backend, set_cpu_matmul_backend
 from ..zoo import MODEL_CONFIGS
 from .base import ModelSource, Record, resolve_model
 
@@ -98,7 +99,8 @@ class BenchRecord(Record):
 # ---- machine and memory ------------------------------------------------------------------------------
 
 def machine_info(device: torch.device) -> dict[str, Any]:
-    """CPU model (/proc/cpuinfo), logical cores, torch threads, the 1-minute load, GPU and library versions."""
+    """CPU model (/proc/cpuinfo), logical cores, torch threads, the 1-minute load, GPU, library versions and the
+    backend of mixerlab's CPU float32 linear layers (``mixerlab.linear``: oneDNN or torch's BLAS)."""
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -110,7 +112,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "load_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
-        "mixerlab": __version__}
+        "mixerlab": __version__, "cpu_matmul": cpu_matmul_backend() if device.type == "cpu" else None}
     return info
 
 
@@ -366,7 +368,8 @@ def _measure(net: nn.Module, source: dict[str, Any], peer: str | None, dev: torc
                 threads = torch.get_num_threads()
                 for key, build in (("mixerlab", {"model": net.cpu()}), ("peer", {"peer": peer, **peer_build})):
                     sides[key] = stack.enter_context(_RemoteSide({**build, "spec": spec, "compile": compiled[key],
-                                                                  "freeze": freeze, "threads": threads}))
+                                                                  "freeze": freeze, "threads": threads,
+                                                                  "cpu_matmul": cpu_matmul_backend()}))
                 models["peer"] = {"name": peer, "params_m": sides["peer"].params_m}
             else:
                 peer_net = build_peer(peer, **peer_build).to(dev)
@@ -429,6 +432,7 @@ def _serve(conn: Any, build: dict[str, Any]) -> None:
     ``conn``, blocked on the pipe (no CPU) between them, until told to stop."""
     try:
         torch.set_num_threads(build["threads"])
+        set_cpu_matmul_backend(build["cpu_matmul"])  # this process's choice, as the record says
         torch.backends.cudnn.benchmark = True
         dev = torch.device(build["spec"]["device"])
         if "peer" in build:
@@ -519,7 +523,7 @@ CSV_COLUMNS = (
     "ratio_median", "ratio_q1", "ratio_q3", "ratio_min", "ratio_max",
     "ratio_median_mixerlab_first", "ratio_median_peer_first",
     "params_m", "peer_params_m", "memory_method", "cpu", "cores", "threads", "load_1m", "gpu", "python", "torch",
-    "timm", "mixerlab")
+    "timm", "mixerlab", "cpu_matmul")
 
 
 def csv_rows(record: BenchRecord) -> list[dict[str, Any]]:
@@ -548,7 +552,7 @@ def csv_rows(record: BenchRecord) -> list[dict[str, Any]]:
             row[f"ratio_median_{o.replace('-', '_')}"] = "" if r is None else round(r["ratio"]["median"], 4)
         row["memory_method"] = record.memory_method
         row.update({k: record.machine[k] for k in ("cpu", "cores", "threads", "load_1m", "gpu", "python", "torch",
-                                                   "timm", "mixerlab")})
+                                                   "timm", "mixerlab", "cpu_matmul")})
         rows.append(row)
     return rows
 
@@ -648,6 +652,7 @@ def table(record: BenchRecord) -> str:
                  f"peer compiled={s['peer_compile']}, {s['device']}, warm-up {s['warmup']}, "
                  f"{s['reps']} reps{', order ' + s['order'] if s.get('order') else ''}; "
                  f"{mach['cpu']} ({mach['cores']} cores, {mach['threads']} threads, "
-                 f"load {mach['load_1m']}); torch {mach['torch']}, timm {mach['timm']}; memory: {record.memory_method}")
+                 f"load {mach['load_1m']}); torch {mach['torch']}, timm {mach['timm']}; "
+                 f"mixerlab CPU matmul {mach.get('cpu_matmul')}; memory: {record.memory_method}")
     return "\n".join(lines)
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..init import init_model
+from ..linear import Linear
 from ..mixers import Mixer
 from .resolve import resolve_config
 
@@ -88,10 +89,10 @@ class MixerNet(nn.Module):
     def set_global_pool(self, global_pool: str) -> None:
         raise NotImplementedError  # each architecture pools its own way
 
-    def _new_linear(self, c_in: int, c_out: int) -> nn.Linear:
+    def _new_linear(self, c_in: int, c_out: int) -> Linear:
         """A classifier Linear on the model's device and dtype, in its train/eval mode, initialised by its scheme."""
         ref = next(self.parameters())
-        fc = nn.Linear(c_in, c_out, device=ref.device, dtype=ref.dtype).train(self.training)
+        fc = Linear(c_in, c_out, device=ref.device, dtype=ref.dtype).train(self.training)
         if self.config.init == "pycls_vit":
             nn.init.zeros_(fc.weight)
         else:

@@ -28,6 +28,7 @@ from ..blocks import BLOCK_TYPES
 from ..config import ModelConfig
 from ..errors import ConfigError, check_choice
 from ..layers import LayerNorm2d
+from ..linear import Linear
 from ..mixers import MIXERS
 from ..stems import Stem
 from .base import MixerNet, drop_path_rates
@@ -48,7 +49,7 @@ class Downsample(nn.Module):
             self.conv = nn.Conv2d(c_in, c_out, 2, stride=2)
         else:  # patch_merging
             self.norm = nn.LayerNorm(4 * c_in, eps=eps)
-            self.reduction = nn.Linear(4 * c_in, c_out, bias=False)
+            self.reduction = Linear(4 * c_in, c_out, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.kind == "patch_merging":
@@ -120,7 +121,7 @@ class Head(nn.Module):
             self.bn = nn.BatchNorm2d(self.hidden)
             self.act = nn.GELU()
         self.norm = nn.LayerNorm(dim, eps=eps) if kind == "pool_norm" else nn.Identity()
-        self.fc = nn.Linear(self.hidden, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = Linear(self.hidden, num_classes) if num_classes > 0 else nn.Identity()
 
     def prune(self, dim: int) -> None:
         if self.kind == "conv_bn":

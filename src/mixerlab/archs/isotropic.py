@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from ..blocks import MetaBlock
 from ..config import ModelConfig
 from ..errors import check_choice
+from ..linear import Linear
 from ..mixers import MIXERS
 from ..stems import Stem
 from .base import MixerNet, drop_path_rates
@@ -56,7 +57,7 @@ class IsotropicNet(MixerNet):
                       norm1=cfg.norm1, norm2=cfg.norm2, norm_eps=cfg.norm_eps)
             for j in range(depth)])
         self.norm = nn.LayerNorm(dim, eps=cfg.norm_eps)
-        self.head = nn.Linear(dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.head = Linear(dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         p = cfg.stem.patch_size
         self.feature_info = [{"num_chs": dim, "reduction": p, "module": f"blocks.{j}"} for j in range(depth)]
         self._init_weights()

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor
 
+from ..linear import Linear
 from .attend import attend, attention_weights, check_attn_act, split_heads
 from .base import Mixer, MixerContext
 
@@ -32,8 +33,8 @@ class GlobalAttention(Mixer):
         self.head_dim = ctx.dim // ctx.num_heads
         self.attn_act = attn_act
         self.fused = fused
-        self.qkv = nn.Linear(ctx.dim, 3 * ctx.dim, bias=qkv_bias)
-        self.proj = nn.Linear(ctx.dim, ctx.dim)
+        self.qkv = Linear(ctx.dim, 3 * ctx.dim, bias=qkv_bias)
+        self.proj = Linear(ctx.dim, ctx.dim)
 
     @classmethod
     def _check(cls, args: dict[str, Any], **_: Any) -> None:

@@ -38,6 +38,7 @@ from timm.layers import register_notrace_function
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..linear import Linear
 from .base import Mixer, MixerContext, odd_kernel, positive_int
 
 
@@ -108,10 +109,10 @@ class DeformableConv(Mixer):
         self.dw_conv = nn.Conv2d(d, d, dw_kernel_size, padding=dw_kernel_size // 2, groups=d)
         self.dw_norm = nn.LayerNorm(d)  # PyTorch's default eps 1e-5, as STM-Evaluation's LayerNormProxy
         self.act = nn.GELU()
-        self.sampling_offsets = nn.Linear(d, g * p * 2)
-        self.attention_weights = nn.Linear(d, g * p)
-        self.value_proj = nn.Linear(d, d)
-        self.output_proj = nn.Linear(d, d)
+        self.sampling_offsets = Linear(d, g * p * 2)
+        self.attention_weights = Linear(d, g * p)
+        self.value_proj = Linear(d, d)
+        self.output_proj = Linear(d, d)
         self.register_buffer("points", sampling_points(kernel_size, dilation), persistent=False)
 
     @classmethod

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..linear import Linear
 from .base import Mixer, MixerContext, check_reduction, odd_kernel, positive_int
 
 
@@ -49,8 +50,8 @@ class DMA(Mixer):
         self.branches = nn.ModuleList(nn.Conv2d(d, d, k, padding=r * (k - 1) // 2, dilation=r, groups=d)
                                       for k, r in zip(kernel_sizes, dilations, strict=True))
         self.proj = nn.Conv2d(d, d, 1)
-        self.fc1 = nn.Linear(d, d // reduction)
-        self.fc2 = nn.Linear(d // reduction, d)
+        self.fc1 = Linear(d, d // reduction)
+        self.fc2 = Linear(d // reduction, d)
 
     @classmethod
     def fit(cls, args: dict[str, Any], *, resolution: tuple[int, int], **_: Any) -> dict[str, Any]:

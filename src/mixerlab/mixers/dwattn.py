@@ -38,6 +38,7 @@ from timm.layers import register_notrace_function
 from torch import Tensor, nn
 
 from ..errors import ConfigError, check_choice
+from ..linear import Linear
 from .attend import AttentionInputs, attend, attention_weights, check_attn_act, scatter_dense
 from .base import Mixer, MixerContext
 from .window import (
@@ -97,9 +98,9 @@ class DepthwiseAttention(Mixer):
         self.attn_act = attn_act
         self.fused = fused
         # Depth-wise: one weight (and bias) per channel for q and one for k.
-        self.qk = nn.Conv2d(c, 2 * c, 1, groups=c, bias=qkv_bias) if dw_proj else nn.Linear(c, 2 * c, bias=qkv_bias)
-        self.v = nn.Linear(c, c, bias=qkv_bias)
-        self.proj = nn.Linear(c, c)
+        self.qk = nn.Conv2d(c, 2 * c, 1, groups=c, bias=qkv_bias) if dw_proj else Linear(c, 2 * c, bias=qkv_bias)
+        self.v = Linear(c, c, bias=qkv_bias)
+        self.proj = Linear(c, c)
 
     @classmethod
     def _check(cls, args: dict[str, Any], **_: Any) -> None:

@@ -53,6 +53,7 @@ from torch.autograd.function import once_differentiable
 
 from ..errors import ConfigError, check_int
 from ..layers import is_fx_tracing
+from ..linear import Linear, linear_fn
 from .attend import AttentionInputs, attend, attention_weights, check_attn_act, scatter_dense
 from .base import Mixer, MixerContext, positive_int
 from .window import crop_like, pad_to_multiple, window_merge, window_positions
@@ -224,9 +225,9 @@ class HaloAttention(Mixer):
         self.win_size = block_size + 2 * halo_size
         self.attn_act = attn_act
         self.fused = fused
-        self.q = nn.Linear(c, c, bias=qkv_bias)
+        self.q = Linear(c, c, bias=qkv_bias)
         self.kv = nn.Conv2d(c, 2 * c, 1, bias=qkv_bias)
-        self.proj = nn.Linear(c, c)
+        self.proj = Linear(c, c)
         n_rel = 2 * self.win_size - 1
         self.rel_height = nn.Parameter(torch.empty(n_rel, self.head_dim))
         self.rel_width = nn.Parameter(torch.empty(n_rel, self.head_dim))
@@ -299,7 +300,7 @@ class HaloAttention(Mixer):
             y = attend(t.q, t.k, t.v, act=self.attn_act, scale=self.head_dim ** -0.5, bias=t.bias, fused=self.fused)
             return self.proj(y.transpose(1, 2).reshape(x.shape))
         if self.attn_act == "softmax" and self.fused:
-            kv = F.linear(x, self.kv.weight.flatten(1), self.kv.bias)  # the 1x1 conv, channels last
+            kv = linear_fn(x, self.kv.weight.flatten(1), self.kv.bias)  # the 1x1 conv, channels last
             return self.proj(halo_softmax(self.q(x), kv, self.rel_height, self.rel_width, self.rel_index,
                                           self.block_size, self.halo_size, self.num_heads, self.head_dim ** -0.5))
         t = self._inputs(x)

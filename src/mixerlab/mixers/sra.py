@@ -42,6 +42,7 @@ from timm.layers import register_notrace_function, resample_abs_pos_embed_nhwc
 from torch import Tensor, nn
 
 from ..errors import ConfigError, check_choice, check_int, fail
+from ..linear import Linear
 from .attend import attend, attention_weights, check_attn_act, split_heads
 from .base import Mixer, MixerContext
 from .window import pad_to_multiple
@@ -81,9 +82,9 @@ class SpatialReductionAttention(Mixer):
         self.attn_act = attn_act
         self.fused = fused
         self.pos_mode = pos_embed
-        self.q = nn.Linear(c, c, bias=qkv_bias)
-        self.kv = nn.Linear(c, 2 * c, bias=qkv_bias)
-        self.proj = nn.Linear(c, c)
+        self.q = Linear(c, c, bias=qkv_bias)
+        self.kv = Linear(c, 2 * c, bias=qkv_bias)
+        self.proj = Linear(c, c)
         if self.sr_ratio > 1:
             self.sr = nn.Conv2d(c, c, self.sr_ratio, stride=self.sr_ratio)
             self.norm = nn.LayerNorm(c)  # PyTorch's default eps 1e-5, as in PVT

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from ..errors import check_choice, check_int
 from ..layers import is_fx_tracing
+from ..linear import Linear
 from .attend import AttentionInputs, attend, attention_weights, check_attn_act, scatter_dense, split_heads
 from .base import Mixer, MixerContext
 
@@ -153,8 +154,8 @@ class WindowAttention(Mixer):
         self.head_dim = ctx.dim // ctx.num_heads
         self.attn_act = attn_act
         self.fused = fused
-        self.qkv = nn.Linear(ctx.dim, 3 * ctx.dim, bias=qkv_bias)
-        self.proj = nn.Linear(ctx.dim, ctx.dim)
+        self.qkv = Linear(ctx.dim, 3 * ctx.dim, bias=qkv_bias)
+        self.proj = Linear(ctx.dim, ctx.dim)
         wh, ww = self.window
         if rel_pos:
             self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * wh - 1) * (2 * ww - 1), ctx.num_heads))
