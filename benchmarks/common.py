@@ -1,4 +1,5 @@
-"""What the mixer benchmarks share: the mixers' arguments at the tiny stage-1 shape, that block, one timer.
+"""What the mixer benchmarks share: the mixers' arguments at the tiny stage-1 shape, that block, one timer, the
+machine line.
 
 Imported by the scripts next to it (``python benchmarks/<script>.py`` puts this folder on ``sys.path``).
 """
@@ -9,6 +10,9 @@ import statistics
 import time
 from collections.abc import Callable
 
+import torch
+
+from mixerlab.analysis.bench import machine_info
 from mixerlab.blocks import MetaBlock
 from mixerlab.mixers import MixerContext, build_mixer
 
@@ -47,3 +51,9 @@ def median_time(step: Callable[[], object], repeats: int) -> float:
         step()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+def machine_line(threads: int) -> str:
+    """CPU model, threads, torch and the backend of mixerlab's CPU float32 linears, for a table's caption."""
+    m = machine_info(torch.device("cpu"))
+    return f"{m['cpu']}, {threads} threads, torch {m['torch']}, mixerlab CPU matmul {m['cpu_matmul']}"

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import platform
 import statistics
 
 import torch
 import torch.nn.functional as F
-from common import DIM, median_time, stage1_block
+from common import DIM, machine_line, median_time, stage1_block
 
 from mixerlab import complexity, create_model
 from mixerlab.linear import linear
@@ -111,7 +110,7 @@ def main() -> None:
         print(row, flush=True)
     peak1 = matmul_peak()
     peak = statistics.mean([peak0, peak1])
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {a.threads} threads, torch {torch.__version__}; "
+    print(f"\nmachine: {machine_line(a.threads)}; "
           f"fp32 matmul peak (2048^3, faster of BLAS and oneDNN): {peak0:.1f} GFLOP/s before, {peak1:.1f} after; "
           f"training step = fwd + loss + bwd (models: + AdamW), median of {a.repeats} after 1 warm-up; "
           "GFLOP/s = 6 x counted forward MACs / s; % = of the mean peak")

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import statistics
 
 import torch
-from common import DIM, median_time, stage1_block
+from common import DIM, machine_line, median_time, stage1_block
 
 # mixer -> expected growth: "linear" | "quadratic" | "reported" (arguments: common.STAGE1_ARGS)
 EXPECTED: dict[str, str] = {
@@ -72,7 +71,7 @@ def main() -> None:
         den = sum((x - mx) ** 2 for x in xs)
         return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else float("nan")
 
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {a.threads} threads, torch {torch.__version__}; "
+    print(f"\nmachine: {machine_line(a.threads)}; "
           f"one MetaBlock, C 96, 3 heads, batch 1, inference, fp32, median of {a.repeats}; map = input / 4")
     print("| mixer | " + " | ".join(f"{s} px ({s // 4}²) ms" for s in sizes)
           + f" | k vs identity (>= {FIT_FROM} px) | expected | check |")

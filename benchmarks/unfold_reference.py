@@ -14,12 +14,11 @@ both, forward + backward, at the tiny stage-1 shape (B 8, C 96, 56x56) and print
 from __future__ import annotations
 
 import argparse
-import platform
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from common import STAGE1_ARGS, median_time
+from common import STAGE1_ARGS, machine_line, median_time
 from torch import Tensor
 
 from mixerlab.mixers import MixerContext, build_mixer
@@ -132,7 +131,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    print(f"machine: {platform.processor() or platform.machine()}, {a.threads} threads, torch {torch.__version__}; "
+    print(f"machine: {machine_line(a.threads)}; "
           f"mixer forward + backward (sum of squares), B 8, C 96, 56x56, 3 heads, fp32, median of {a.repeats} "
           "after a warm-up; paired: mixer and reference on the same module and input")
     print("| mixer | mixer (s) | unfold reference (s) | speed-up | >= 2x |\n|---|---:|---:|---:|---|")
