@@ -69,6 +69,17 @@ def test_weight_only_gradient_and_no_bias(backend: str) -> None:
     _assert_within(m.weight.grad, cot.double().t() @ x.double(), _bound(cot.double().t(), x.double()))
 
 
+def test_double_backward(backend: str) -> None:
+    # s = <dL/dx, v> with L = <Linear(x), cot>: dL/dx = cot @ W, so ds/dW = cot^T @ v (a Hessian-vector product).
+    m = Linear(12, 8)
+    x = torch.randn(6, 12, requires_grad=True)
+    cot, v = torch.randn(6, 8), torch.randn(6, 12)
+    (gx,) = torch.autograd.grad((m(x) * cot).sum(), x, create_graph=True)
+    (gw,) = torch.autograd.grad((gx * v).sum(), m.weight)
+    cd, vd = cot.double(), v.double()
+    _assert_within(gw, cd.t() @ vd, _bound(cd.t(), vd))
+
+
 @needs_onednn
 @pytest.mark.parametrize(("rows", "n", "k"), [(50, 6, 20), (50, 20, 6)])
 def test_grad_weight_in_both_orientations(rows: int, n: int, k: int) -> None:

@@ -126,7 +126,8 @@ def grad_weight(g: Tensor, x: Tensor) -> Tensor:
 def linear_backward(g: Tensor, x: Tensor, weight: Tensor, input_grad: bool,
                     weight_grad: bool) -> tuple[Tensor, Tensor]:
     """Gradients of :func:`linear` for the cotangent ``g (..., N)``: ``(x, weight)``, each an empty tensor when
-    its flag is off (a frozen weight costs no product). The bias gradient is ``g``'s sum, left to autograd."""
+    its flag is off (a frozen weight costs no product). The bias gradient is ``g``'s sum, left to autograd. Not
+    differentiable itself: under ``create_graph`` the autograd formula uses differentiable products instead."""
     g2 = g.reshape(-1, g.shape[-1])
     gx = _onednn_mm_nt(g2, weight.t()).view(x.shape) if input_grad else x.new_empty(0)
     gw = grad_weight(g2, x.reshape(-1, x.shape[-1])) if weight_grad else weight.new_empty(0)
@@ -147,6 +148,11 @@ def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
 def _backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
     x, weight = ctx.saved_tensors
     need_x, need_w, need_b = ctx.needs_input_grad
+    if torch.is_grad_enabled():  # create_graph (double backward, Hessian-vector products): differentiable products
+        g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
+        gx = linear(g, weight.t(), None) if need_x else None
+        gw = g2.t() @ x2 if need_w else None
+        return gx, gw, g2.sum(0) if need_b else None
     gx, gw = linear_backward(g, x, weight, need_x, need_w)
     gb = g.reshape(-1, g.shape[-1]).sum(0) if need_b else None
     return gx if need_x else None, gw if need_w else None, gb

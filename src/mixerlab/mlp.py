@@ -14,12 +14,12 @@ torch.fx sees the plain module; so do other devices, autocast, dropout and non-G
 ``mixerlab.linear`` measured oneDNN as the faster float32 product (AMD CPUs), the chunks' products and the plain
 path's run on it, GELU fused into fc1's output for inference.
 
-Under torch.compile on the CPU (no autocast, torch's BLAS), an MLP below those sizes has its biases added apart from the products,
-``GELU(x @ w1.T + b1) @ w2.T + b2``: inductor lowers a Linear with bias to ``aten.addmm``, whose CPU kernel first
-broadcasts the bias into the whole output and then accumulates the product into it (one more write and read of
-the output), whereas an unfused ``+ b`` joins the elementwise kernel that reads the product anyway (GELU; layer
-scale and the residual add after fc2). ConvNeXt-T compiled inference, batch 8, 2 threads: the bias copies were 39
-of 420 ms.
+Under torch.compile on the CPU (no autocast, torch's BLAS), an MLP below those sizes has its biases added apart
+from the products, ``GELU(x @ w1.T + b1) @ w2.T + b2``: inductor lowers a Linear with bias to ``aten.addmm``, whose
+CPU kernel first broadcasts the bias into the whole output and then accumulates the product into it (one more write
+and read of the output), whereas an unfused ``+ b`` joins the elementwise kernel that reads the product anyway
+(GELU; layer scale and the residual add after fc2). ConvNeXt-T compiled inference, batch 8, 2 threads: the bias
+copies were 39 of 420 ms.
 """
 
 from __future__ import annotations
