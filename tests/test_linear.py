@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 import torch.nn.functional as F
+from timm.layers import Mlp
 from torch import nn
 
 from mixerlab import linear as linear_module
@@ -122,6 +123,23 @@ def test_other_inputs_take_torch_linear(backend: str) -> None:
         assert not uses_onednn(torch.empty(2, 3), w)
     graph = torch.fx.symbolic_trace(Linear(3, 4)).graph  # FX records F.linear, a traceable call
     assert [n.target for n in graph.nodes if n.op == "call_function"] == [F.linear]
+
+
+def test_torch_export_keeps_torch_ops(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An exported program must run anywhere (ONNX, AOTInductor, other machines): no mixerlab op in it, and the
+    # MLP exports as timm's (its chunked kernels are left out too).
+    from mixerlab import mlp as mlp_module
+    from mixerlab.mlp import ChunkedMlp
+
+    monkeypatch.setattr(mlp_module, "_MIN_HIDDEN_BYTES", {"infer": 0, "train": 0})
+    x = torch.randn(5, 12)
+    for m, plain in ((Linear(12, 8), nn.Linear(12, 8)), (ChunkedMlp(12, 24), Mlp(12, 24, act_layer=nn.GELU))):
+        plain.load_state_dict(m.state_dict())
+        ep = torch.export.export(m, (x,))
+        ops = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+        assert not any(op.startswith("mixerlab") for op in ops) and any("linear" in op for op in ops), ops
+        with torch.no_grad():
+            torch.testing.assert_close(ep.module()(x), plain(x), rtol=0, atol=0)  # torch's kernels: the same bits
 
 
 def test_linear_is_an_nn_linear_with_its_state_dict() -> None:

@@ -175,8 +175,9 @@ class ChunkedMlp(Mlp):
 
     def _chunked(self, x: Tensor) -> str | None:
         """``train`` or ``infer``: the chunked kernel ``x`` takes; None: not chunked."""
-        if is_fx_tracing() or not self._cpu_kernels(x) or x.dtype != self.fc1.weight.dtype:
-            return None
+        if is_fx_tracing() or torch.compiler.is_exporting() or not self._cpu_kernels(x) \
+                or x.dtype != self.fc1.weight.dtype:
+            return None  # FX and torch.export see timm's module
         hidden_bytes = x.numel() // x.shape[-1] * self.fc1.out_features * x.element_size()
         mode = "train" if self._needs_grad(x) else "infer"
         return mode if hidden_bytes >= _MIN_HIDDEN_BYTES[mode] else None
