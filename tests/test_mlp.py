@@ -149,6 +149,21 @@ def test_chunked_mlp_trains_a_partly_frozen_module() -> None:
 
 
 @pytest.mark.usefixtures("small_chunks")
+def test_chunked_mlp_double_backward_equals_timm_mlp() -> None:
+    # create_graph through the training kernel: a Hessian-vector product (d/dtheta <dL/dx, v>) equals timm's.
+    plain, ours = _pair()
+    x = torch.randn(3, 9, 6, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(3, 9, 6, dtype=torch.float64)
+    results = []
+    for m in (plain, ours):
+        (gx,) = torch.autograd.grad(m(x).square().sum(), x, create_graph=True)
+        results.append(torch.autograd.grad((gx * v).sum(), [x, *m.parameters()]))
+    assert ours._chunked(x) == "train"
+    for a, b in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.usefixtures("small_chunks")
 def test_cost_counter_counts_the_chunked_kernels_as_the_plain_mlp() -> None:
     from mixerlab.complexity import CostCounter
 

@@ -137,14 +137,23 @@ def _(g: Tensor, x: Tensor, w1: Tensor, w2: Tensor, h: Tensor,
 
 
 def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
-    x, w1, _, w2, _, rows = inputs
+    x, w1, b1, w2, b2, rows = inputs
     ctx.mark_non_differentiable(output[1])
-    ctx.save_for_backward(x, w1, w2, output[1])
+    ctx.save_for_backward(x, w1, b1, w2, b2, output[1])
     ctx.rows = rows
 
 
 def _backward(ctx: Any, g: Tensor, _: Tensor | None) -> tuple[Tensor | None, ...]:
-    x, w1, w2, h = ctx.saved_tensors
+    x, w1, b1, w2, b2, h = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        # create_graph (double backward, Hessian-vector products): the gradients as a differentiable function of the
+        # inputs, by recomputing the plain module's expression (the hidden-sized tensors it costs are the price of
+        # a second-order graph anyway).
+        inputs = (x, w1, b1, w2, b2)
+        wanted = [t for t, need in zip(inputs, ctx.needs_input_grad, strict=False) if need]
+        out = F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)
+        grads = iter(torch.autograd.grad(out, wanted, g, create_graph=True))
+        return (*(next(grads) if need else None for need in ctx.needs_input_grad[:5]), None)
     return (*chunked_mlp_backward(g, x, w1, w2, h, ctx.rows), None)
 
 
