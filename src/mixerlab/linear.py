@@ -166,8 +166,7 @@ def uses_onednn(x: Tensor, weight: Tensor) -> bool:
     and torch.export (an exported program keeps torch's own ops, portable to any runtime), with oneDNN measured
     (or set) as this process's faster backend."""
     return (not is_fx_tracing() and not torch.compiler.is_exporting() and x.device.type == "cpu"
-            and x.dtype == torch.float32
-            and weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+            and x.dtype == weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
             and cpu_matmul_backend() == "onednn")
 
 
