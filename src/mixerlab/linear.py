@@ -38,7 +38,7 @@ _MIN_SPEEDUP = 1.2
 _chosen: str | None = None
 
 
-def _onednn_mm_nt(a: Tensor, b: Tensor, bias: Tensor | None = None, act: str = "none") -> Tensor:
+def onednn_mm_nt(a: Tensor, b: Tensor, bias: Tensor | None = None, act: str = "none") -> Tensor:
     """``act(a @ b.T + bias)`` on oneDNN for ``a (..., K)``, ``b (N, K)``, any strides; ``act``: none or gelu."""
     return torch.ops.mkldnn._linear_pointwise(a, b, bias, act, [], "none" if act == "gelu" else "")
 
@@ -59,7 +59,7 @@ def _calibrate() -> str:
                 if name == "blas":
                     torch.mm(a, b.t())
                 else:
-                    _onednn_mm_nt(a, b)
+                    onednn_mm_nt(a, b)
                 if rep:
                     best[name] = min(best[name], time.perf_counter() - t)
     return "onednn" if best["blas"] >= _MIN_SPEEDUP * best["onednn"] else "blas"
@@ -94,7 +94,7 @@ def set_cpu_matmul_backend(name: str) -> str:
 @torch.library.custom_op("mixerlab::linear", mutates_args=())
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """``x @ weight.T + bias`` on oneDNN; float32 CPU tensors, ``x (..., K)``, ``weight (N, K)``; differentiable."""
-    return _onednn_mm_nt(x, weight, bias)
+    return onednn_mm_nt(x, weight, bias)
 
 
 @linear.register_fake
@@ -105,7 +105,7 @@ def _(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 @torch.library.custom_op("mixerlab::linear_gelu", mutates_args=())
 def linear_gelu(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """``GELU(x @ weight.T + bias)`` (exact GELU, fused into the product's output); inference only."""
-    return _onednn_mm_nt(x, weight, bias, "gelu")
+    return onednn_mm_nt(x, weight, bias, "gelu")
 
 
 @linear_gelu.register_fake
@@ -118,8 +118,8 @@ def grad_weight(g: Tensor, x: Tensor) -> Tensor:
     of ``N``, ``K`` as its rows, which oneDNN runs 1.3-4x faster than the other orientation on these shapes
     (25088 rows: N 96, K 384 at 256 against 66 GFLOP/s)."""
     if g.shape[1] <= x.shape[1]:
-        return _onednn_mm_nt(g.t(), x.t())
-    return _onednn_mm_nt(x.t(), g.t()).t().contiguous()
+        return onednn_mm_nt(g.t(), x.t())
+    return onednn_mm_nt(x.t(), g.t()).t().contiguous()
 
 
 @torch.library.custom_op("mixerlab::linear_backward", mutates_args=())
@@ -129,7 +129,7 @@ def linear_backward(g: Tensor, x: Tensor, weight: Tensor, input_grad: bool,
     its flag is off (a frozen weight costs no product). The bias gradient is ``g``'s sum, left to autograd. Not
     differentiable itself: under ``create_graph`` the autograd formula uses differentiable products instead."""
     g2 = g.reshape(-1, g.shape[-1])
-    gx = _onednn_mm_nt(g2, weight.t()).view(x.shape) if input_grad else x.new_empty(0)
+    gx = onednn_mm_nt(g2, weight.t()).view(x.shape) if input_grad else x.new_empty(0)
     gw = grad_weight(g2, x.reshape(-1, x.shape[-1])) if weight_grad else weight.new_empty(0)
     return gx, gw
 
@@ -148,13 +148,13 @@ def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
 def _backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
     x, weight = ctx.saved_tensors
     need_x, need_w, need_b = ctx.needs_input_grad
+    g2 = g.reshape(-1, g.shape[-1])
+    gb = g2.sum(0) if need_b else None
     if torch.is_grad_enabled():  # create_graph (double backward, Hessian-vector products): differentiable products
-        g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
         gx = linear(g, weight.t(), None) if need_x else None
-        gw = g2.t() @ x2 if need_w else None
-        return gx, gw, g2.sum(0) if need_b else None
+        gw = g2.t() @ x.reshape(-1, x.shape[-1]) if need_w else None
+        return gx, gw, gb
     gx, gw = linear_backward(g, x, weight, need_x, need_w)
-    gb = g.reshape(-1, g.shape[-1]).sum(0) if need_b else None
     return gx if need_x else None, gw if need_w else None, gb
 
 
@@ -199,4 +199,4 @@ class Linear(nn.Linear):
 
 
 __all__ = ["BACKENDS", "BACKEND_ENV", "Linear", "cpu_matmul_backend", "grad_weight", "linear", "linear_backward",
-           "linear_fn", "linear_gelu", "set_cpu_matmul_backend", "uses_onednn"]
+           "linear_fn", "linear_gelu", "onednn_mm_nt", "set_cpu_matmul_backend", "uses_onednn"]

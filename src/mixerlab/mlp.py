@@ -32,7 +32,7 @@ from timm.layers import Mlp
 from torch import Tensor, nn
 
 from .layers import is_fx_tracing
-from .linear import _onednn_mm_nt, cpu_matmul_backend, grad_weight, linear_fn, uses_onednn
+from .linear import cpu_matmul_backend, grad_weight, linear_fn, onednn_mm_nt, uses_onednn
 
 # A chunk's hidden activation (rows x rC): L2-sized; e.g. 1024 rows of 384 floats.
 _CHUNK_BYTES = 3 << 19
@@ -50,10 +50,6 @@ def chunk_rows(hidden: int, itemsize: int) -> int:
 # The chunked kernels are custom ops (opaque to torch.compile, with a fake for shapes and autograd registered), so
 # a compiled model keeps them: inductor would otherwise write the whole hidden activation twice (fc1, GELU) into
 # fresh memory, as the plain module does.
-def _onednn(x: Tensor) -> bool:
-    return x.dtype == torch.float32 and cpu_matmul_backend() == "onednn"
-
-
 def _chunked_forward(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, rows: int,
                      keep: bool) -> tuple[Tensor, Tensor]:
     """``(fc2(GELU(fc1(x))), h)``, ``rows`` rows at a time. ``keep``: ``h`` is fc1's whole output ``(M, rC)``
@@ -62,13 +58,13 @@ def _chunked_forward(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, 
     result is copied into place, a chunk-sized copy that stays in cache), else on torch's ``addmm``."""
     out = x.new_empty(x.shape[0], w2.shape[0])
     h = x.new_empty(x.shape[0] if keep else min(rows, x.shape[0]), w1.shape[0])
-    onednn = _onednn(x)
+    onednn = uses_onednn(x, w1)
     for i in range(0, x.shape[0], rows):
         n = min(rows, x.shape[0] - i)
         xc, hc = x[i:i + n], h[i:i + n] if keep else h[:n]
         if onednn:
-            hc.copy_(_onednn_mm_nt(xc, w1, b1, "none" if keep else "gelu"))
-            out[i:i + n] = _onednn_mm_nt(F.gelu(hc) if keep else hc, w2, b2)
+            hc.copy_(onednn_mm_nt(xc, w1, b1, "none" if keep else "gelu"))
+            out[i:i + n] = onednn_mm_nt(F.gelu(hc) if keep else hc, w2, b2)
         else:
             torch.addmm(b1, xc, w1.t(), out=hc)
             torch.addmm(b2, F.gelu(hc) if keep else torch.ops.aten.gelu_(hc), w2.t(), out=out[i:i + n])
@@ -111,15 +107,15 @@ def chunked_mlp_backward(g: Tensor, x: Tensor, w1: Tensor, w2: Tensor, h: Tensor
     grad_x = torch.empty_like(x)
     grad_w1, grad_b1 = torch.zeros_like(w1), w1.new_zeros(w1.shape[0])
     grad_w2, grad_b2 = torch.zeros_like(w2), g.sum(0)
-    onednn = _onednn(x)
+    onednn = uses_onednn(x, w1)
     for i in range(0, x.shape[0], rows):
         n = min(rows, x.shape[0] - i)
         hc, gc, xc = h[i:i + n], g[i:i + n], x[i:i + n]
         if onednn:
             grad_w2.add_(grad_weight(gc, F.gelu(hc)))
-            gh = torch.ops.aten.gelu_backward(_onednn_mm_nt(gc, w2.t()), hc)
+            gh = torch.ops.aten.gelu_backward(onednn_mm_nt(gc, w2.t()), hc)
             grad_w1.add_(grad_weight(gh, xc))
-            grad_x[i:i + n] = _onednn_mm_nt(gh, w1.t())
+            grad_x[i:i + n] = onednn_mm_nt(gh, w1.t())
         else:
             grad_w2.addmm_(gc.t(), F.gelu(hc))
             gh = torch.ops.aten.gelu_backward(gc @ w2, hc)
