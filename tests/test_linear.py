@@ -3,8 +3,6 @@ float32 rounding bound), are taken only where meant, survive torch.compile, and 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,17 +15,6 @@ from mixerlab.linear import Linear, cpu_matmul_backend, grad_weight, linear, set
 
 EPS32 = torch.finfo(torch.float32).eps
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
-
-
-@pytest.fixture(params=["onednn", "blas"])
-def backend(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Each test on both backends, whatever this machine's measurement chose; restored afterwards."""
-    if request.param == "onednn" and not torch.backends.mkldnn.is_available():
-        pytest.skip("torch built without oneDNN")
-    before = cpu_matmul_backend()
-    set_cpu_matmul_backend(request.param)
-    yield request.param
-    set_cpu_matmul_backend(before)
 
 
 def _bound(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -180,29 +180,22 @@ def test_cost_counter_counts_the_chunked_kernels_as_the_plain_mlp() -> None:
     assert counts[0][0] == 27 * (6 * 10 * 2) and counts[1] == counts[0]
 
 
-@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
-@pytest.mark.usefixtures("small_chunks")
-@pytest.mark.parametrize("backend", ["onednn", "blas"])
-def test_float32_chunked_kernels_within_the_rounding_bound(backend: str) -> None:
-    """The chunked kernels in float32 on either product backend (``mixerlab.linear``): output and input gradient
-    against float64 within the worst-case rounding bound of the chain fc1 -> GELU -> fc2 (and back)."""
-    from mixerlab.linear import cpu_matmul_backend, set_cpu_matmul_backend
-
-    eps, before = torch.finfo(torch.float32).eps, cpu_matmul_backend()
-    set_cpu_matmul_backend(backend)
-    try:
-        g = torch.Generator().manual_seed(3)
-        m = ChunkedMlp(6, 10)
-        x = torch.randn(3, 9, 6, generator=g, requires_grad=True)
-        cot = torch.randn(3, 9, 6, generator=g)
-        y = m(x)
-        assert m._chunked(x) == "train"
-        (y * cot).sum().backward()
-        with torch.no_grad():
-            assert m._chunked(x) == "infer"
-            y_infer = m(x)
-    finally:
-        set_cpu_matmul_backend(before)
+@pytest.mark.usefixtures("small_chunks", "backend")
+def test_float32_chunked_kernels_within_the_rounding_bound() -> None:
+    """The chunked kernels in float32 on either product backend (``mixerlab.linear``; the ``backend`` fixture):
+    output and input gradient against float64 within the worst-case rounding bound of the chain fc1 -> GELU ->
+    fc2 (and back)."""
+    eps = torch.finfo(torch.float32).eps
+    g = torch.Generator().manual_seed(3)
+    m = ChunkedMlp(6, 10)
+    x = torch.randn(3, 9, 6, generator=g, requires_grad=True)
+    cot = torch.randn(3, 9, 6, generator=g)
+    y = m(x)
+    assert m._chunked(x) == "train"
+    (y * cot).sum().backward()
+    with torch.no_grad():
+        assert m._chunked(x) == "infer"
+        y_infer = m(x)
     xd, cd = x.detach().double(), cot.double()
     w1, b1, w2, b2 = (p.detach().double() for p in (m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias))
     h = xd @ w1.t() + b1
